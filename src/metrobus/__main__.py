@@ -1,0 +1,5 @@
+"""``python -m metrobus`` is the ``metrobus`` command."""
+
+from metrobus.cli import cli
+
+cli()

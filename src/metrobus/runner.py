@@ -1,0 +1,312 @@
+"""The stop runner: the whole message path of one stop, top to bottom.
+
+    fetch (getmany) → decode → handle (concurrently) → route → produce
+    (in input order, same key) → await every ack → flush counts → commit
+
+Offsets are committed only after every record produced for them is
+acknowledged and their counts have reached Redis (at-least-once). A transient
+failure (Redis or Kafka away) retries the batch with backoff and commits
+nothing past it; a bad message becomes a dead letter and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from metrobus import bus
+from metrobus.context import Context, Drop
+from metrobus.envelope import Envelope, decode, from_object, is_envelope, now_ms, parse_json_object
+from metrobus.errors import InvalidMessage, TransientError
+from metrobus.settings import Settings
+from metrobus.stats import StopStats
+from metrobus.stops import Stop
+from metrobus.store import REDIS_DOWN, Store, connect, wait_for_redis
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Output:
+    """What one input record becomes: an outcome, and maybe a record for ``topic``.
+
+    ``detail`` is the next stop (forwarded), the creation time (delivered),
+    the reason (dropped) or the dead-letter summary (error).
+    """
+
+    outcome: str
+    detail: Any
+    topic: str | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+
+
+class Backoff:
+    """Exponential backoff for transient failures, logging each attempt."""
+
+    def __init__(self, what: str) -> None:
+        self.what, self.attempt = what, 0
+
+    async def wait(self, exc: BaseException, stopping: asyncio.Event) -> None:
+        self.attempt += 1
+        delay = min(0.2 * 2 ** (self.attempt - 1), 5.0)
+        log.warning(
+            "%s failed (attempt %d, retrying in %.1fs): %s", self.what, self.attempt, delay, exc
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+
+
+class StopRunner:
+    """Hosts one stop: one consumer in group ``metrobus.<stop>``, one producer."""
+
+    def __init__(self, settings: Settings, stop: Stop, worker_id: str = "") -> None:
+        self.settings, self.stop = settings, stop
+        self.redis = connect(settings.redis_url)
+        self.store = Store(self.redis, settings.redis_key("")) if stop.needs_store else None
+        self.input_topic = settings.topic(stop.input)
+        self.stats = StopStats(
+            self.redis, settings.redis_key(""), stop.name, stop.kind, self.input_topic, worker_id
+        )
+        self.stopping = asyncio.Event()
+        self.pending: dict[Any, int] = {}  # TopicPartition -> next offset, acked not committed
+        self.last_commit = time.monotonic()
+        self.consumer: Any = None
+        self.producer: Any = None
+
+    # -- lifecycle ------------------------------------------------------------
+    async def start(self, min_partitions: int = 0) -> None:
+        s = self.settings
+        await wait_for_redis(self.redis, s.redis_url, s.connect_timeout)
+        topics = [s.topic(n) for n in (s.dead_letter_topic, self.stop.input)]
+        topics += [s.topic(n) for n in s.stops if n != self.stop.name]
+        await bus.ensure_topics(
+            s.bootstrap,
+            topics,
+            s.partitions,
+            s.connect_timeout,
+            {self.input_topic: min_partitions} if min_partitions else None,
+        )
+        self.producer = bus.make_producer(s.bootstrap)
+        await bus.start_with_retry(self.producer, s.bootstrap, s.connect_timeout, "producer")
+        self.consumer = bus.make_consumer(
+            s.bootstrap, self.input_topic, s.group(self.stop.name), s.batch_size
+        )
+        self.consumer.unsubscribe()
+        self.consumer.subscribe([self.input_topic], listener=_Rebalance(self))
+        await bus.start_with_retry(self.consumer, s.bootstrap, s.connect_timeout, "consumer")
+        log.info(
+            "stop %s (%s) consuming %s in group %s",
+            self.stop.name,
+            self.stop.kind,
+            self.input_topic,
+            s.group(self.stop.name),
+        )
+
+    async def close(self) -> None:
+        started = self.consumer is not None
+        try:
+            if started:
+                await self.commit(final=True)
+                await self.stats.leave()
+        finally:
+            if self.consumer is not None:
+                await self.consumer.stop()
+            if self.producer is not None:
+                await self.producer.stop()
+            self.stop.close()
+            await self.redis.aclose()
+
+    async def run(self, idle_exit: float | None = None) -> None:
+        """Consume until ``stopping`` is set (or, with ``idle_exit``, until idle that long)."""
+        idle_since = time.monotonic()
+        while not self.stopping.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=self.settings.batch_timeout_ms * 4, max_records=self.settings.batch_size
+            )
+            records = [r for part in batch.values() for r in part]
+            if records:
+                await self.handle_batch(records)
+                idle_since = time.monotonic()
+            elif idle_exit is not None and time.monotonic() - idle_since > idle_exit:
+                break
+            if time.monotonic() - self.last_commit >= self.settings.commit_interval:
+                await self.commit()
+
+    # -- one batch ------------------------------------------------------------
+    async def handle_batch(self, records: list[Any]) -> None:
+        started = time.perf_counter()
+        backoff = Backoff(f"stop {self.stop.name}: batch of {len(records)}")
+        while True:
+            try:
+                outputs = await self.process(records)
+                await self.produce(outputs)
+                break
+            except (TransientError, bus.KafkaError, *REDIS_DOWN) as exc:
+                if self.stopping.is_set():
+                    return  # nothing committed for this batch: it is replayed later
+                await backoff.wait(exc, self.stopping)
+        self.stop.flush()
+        self.account(outputs)
+        self.stats.processed(len(records), (time.perf_counter() - started) * 1000)
+        for r in records:
+            self.pending[bus.TopicPartition(r.topic, r.partition)] = r.offset + 1
+
+    async def process(self, records: list[Any]) -> list[Output]:
+        """Decode and handle every record; no side effect on counts (it may be retried)."""
+        envelopes: list[Envelope | InvalidMessage] = [self.decode(r) for r in records]
+        routes = [list(e.route) if isinstance(e, Envelope) else [] for e in envelopes]
+        coros = []
+        at = now_ms()
+        for env in envelopes:
+            if isinstance(env, Envelope):
+                env.hop(self.stop.name, at)
+                coros.append(
+                    self.stop.handler(env.payload, Context(self.stop.name, env, self.store))
+                )
+        results: list[Any] = await asyncio.gather(*coros, return_exceptions=True)
+        for res in results:
+            if isinstance(res, (TransientError, *REDIS_DOWN)):
+                raise res
+        it = iter(results)
+        return [
+            self.route(rec, env, next(it) if isinstance(env, Envelope) else env, route)
+            for rec, env, route in zip(records, envelopes, routes, strict=True)
+        ]
+
+    def decode(self, record: Any) -> Envelope | InvalidMessage:
+        try:
+            if not self.stop.wraps_raw:
+                env = decode(record.value)
+                if not env.route or env.route[0] != self.stop.name:
+                    first = env.route[0] if env.route else "nothing"
+                    raise InvalidMessage(f"route starts with {first}, not this stop")
+                return env
+            obj = parse_json_object(record.value)
+            return from_object(obj) if is_envelope(obj) else Envelope.wrap(obj)
+        except InvalidMessage as exc:
+            return exc
+
+    def route(
+        self, record: Any, env: Envelope | InvalidMessage, result: Any, received_route: list[str]
+    ) -> Output:
+        """Turn a handler's result into an outcome: forward, deliver, drop or dead letter."""
+        if isinstance(result, Drop):
+            return Output("dropped", result.reason)
+        if isinstance(result, BaseException) or not isinstance(result, dict):
+            if not isinstance(result, BaseException):
+                result = TypeError(
+                    f"handler returned {type(result).__name__}, expected the payload dict or a Drop"
+                )
+            return self.dead_letter(record, env, result, received_route)
+        assert isinstance(env, Envelope)
+        env.payload = result
+        nxt = env.next_stop
+        if nxt is None:
+            return Output("delivered", env.created_at)
+        return Output("forwarded", nxt, self.settings.topic(nxt), record.key, env.encode())
+
+    def dead_letter(
+        self,
+        record: Any,
+        env: Envelope | InvalidMessage,
+        exc: BaseException,
+        received_route: list[str],
+    ) -> Output:
+        reason = exc.reason if isinstance(exc, InvalidMessage) else f"{exc}" or type(exc).__name__
+        info = {
+            "stop": self.stop.name,
+            "reason": reason,
+            "error_type": type(exc).__name__,
+            "route": received_route,
+            "at": now_ms(),
+            "key": record.key.decode("utf-8", "replace") if record.key else None,
+            "source": {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+            },
+        }
+        if not isinstance(exc, InvalidMessage):
+            log.warning(
+                "stop %s: handler failed on offset %s: %r", self.stop.name, record.offset, exc
+            )
+        body: dict[str, Any] = {"dead_letter": info}
+        try:
+            body["original"] = parse_json_object(record.value)
+        except InvalidMessage:
+            body["original_base64"] = base64.b64encode(record.value or b"").decode()
+        topic = self.settings.topic(self.settings.dead_letter_topic)
+        return Output("error", info, topic, record.key, orjson.dumps(body))
+
+    def account(self, outputs: list[Output]) -> None:
+        """Count a batch once its outputs are acknowledged (never before: it may be retried)."""
+        stats, now = self.stats, now_ms()
+        stats.count("in", len(outputs))
+        for o in outputs:
+            if o.outcome == "forwarded":
+                stats.forwarded(o.detail)
+            elif o.outcome == "delivered":
+                stats.delivered(o.detail, now)
+            elif o.outcome == "dropped":
+                stats.dropped(o.detail)
+            else:
+                stats.error(o.detail)
+
+    async def produce(self, outputs: list[Output]) -> None:
+        """Send in input order and wait for every acknowledgement."""
+        acks = [
+            await self.producer.send(o.topic, o.value, key=o.key)
+            for o in outputs
+            if o.topic is not None
+        ]
+        if acks:
+            await asyncio.gather(*acks)
+
+    # -- commit -----------------------------------------------------------------
+    async def commit(self, final: bool = False) -> None:
+        """Flush counts, then commit the acknowledged offsets (in that order)."""
+        self.last_commit = time.monotonic()
+        attempts = 5 if final else 1
+        for _ in range(attempts):
+            if await self.stats.flush():
+                break
+            if final:
+                await asyncio.sleep(0.5)
+        else:
+            log.warning(
+                "stop %s: Redis unavailable, counts kept and commit deferred", self.stop.name
+            )
+            return
+        if not self.pending:
+            return
+        offsets, self.pending = self.pending, {}
+        try:
+            await self.consumer.commit(offsets)
+        except bus.KafkaError as exc:
+            # A rebalance took the partitions: their new owner replays from the
+            # last commit (duplicates, counted; never losses).
+            log.warning("stop %s: commit failed, records will be replayed: %s", self.stop.name, exc)
+
+
+class _Rebalance(bus.ConsumerRebalanceListener):  # type: ignore[misc]
+    """Commit what is acknowledged before partitions move; record the assignment."""
+
+    def __init__(self, runner: StopRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.runner.commit()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.runner.stats.partitions = sorted(tp.partition for tp in assigned)
+        log.info(
+            "stop %s assigned partitions %s", self.runner.stop.name, self.runner.stats.partitions
+        )

@@ -1,0 +1,97 @@
+"""Test helpers: run stops in-process, produce and read topics, wait for counts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from metrobus.host import async_run
+from metrobus.runner import StopRunner
+from metrobus.settings import Settings, route_order
+from metrobus.stats import read_stats
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``check`` every 0.2 s; fail the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *stops: str, **kwargs: Any) -> AsyncIterator[list[StopRunner]]:
+    """Run ``stops`` in this event loop; on exit stop them as SIGTERM would."""
+    stopping = asyncio.Event()
+    runners: list[StopRunner] = []
+
+    async def one(name: str) -> None:
+        runners.append(await async_run(settings, name, stopping=stopping, **kwargs))
+
+    tasks = [asyncio.create_task(one(s)) for s in stops]
+    try:
+        yield runners
+    finally:
+        stopping.set()
+        done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        errors = [r for r in done if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+
+
+async def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        acks = [await producer.send(settings.topic(topic), v, key=k) for k, v in records]
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30) -> list[Any]:
+    """Every record of ``topic`` from the beginning, once at least ``expect`` are there."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        name = settings.topic(topic)
+        partitions = None
+        deadline = time.monotonic() + timeout
+        while not partitions and time.monotonic() < deadline:
+            partitions = consumer.partitions_for_topic(name)
+            if not partitions:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await asyncio.sleep(0.2)
+        assert partitions, f"topic {name} does not exist"
+        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def stats(client: aioredis.Redis, settings: Settings) -> dict[str, Any]:
+    return await read_stats(client, settings.redis_key(""), route_order(settings))
+
+
+def assert_balanced(doc: dict[str, Any]) -> None:
+    """DESIGN §3: per stop in = out + delivered + dropped + errors; pipeline likewise."""
+    for name, s in doc["stops"].items():
+        assert s["in"] == s["out"] + s["delivered"] + s["dropped"] + s["errors"], (name, s)
+    p = doc["pipeline"]
+    assert p["pushed"] == p["delivered"] + p["dropped"] + p["errors"], p

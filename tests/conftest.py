@@ -21,10 +21,15 @@ def services() -> dict[str, str]:
     bootstrap = os.environ.get("METROBUS_BOOTSTRAP")
     redis_url = os.environ.get("METROBUS_REDIS_URL")
     if not bootstrap or not redis_url:
-        pytest.fail("integration tests need METROBUS_BOOTSTRAP and METROBUS_REDIS_URL: "
-                    "run them with scripts/test, which starts Kafka and Redis")
-    return {"bootstrap": bootstrap, "redis_url": redis_url,
-            "kind": os.environ.get("METROBUS_TEST_BROKER_KIND", "external")}
+        pytest.fail(
+            "integration tests need METROBUS_BOOTSTRAP and METROBUS_REDIS_URL: "
+            "run them with scripts/test, which starts Kafka and Redis"
+        )
+    return {
+        "bootstrap": bootstrap,
+        "redis_url": redis_url,
+        "kind": os.environ.get("METROBUS_TEST_BROKER_KIND", "external"),
+    }
 
 
 @pytest.fixture
@@ -40,9 +45,15 @@ def sink_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(services: dict[str, str], namespace: str, sink_path: Path) -> Settings:
     """The repository's metrobus.toml in a fresh namespace, the sink writing to a file."""
-    base = load_settings(ROOT / "metrobus.toml", {}, bootstrap=services["bootstrap"],
-                         redis_url=services["redis_url"], namespace=namespace,
-                         connect_timeout=30.0, commit_interval=0.3)
+    base = load_settings(
+        ROOT / "metrobus.toml",
+        {},
+        bootstrap=services["bootstrap"],
+        redis_url=services["redis_url"],
+        namespace=namespace,
+        connect_timeout=30.0,
+        commit_interval=0.3,
+    )
     return base.with_stop(StopConfig("Log", "sink", {"path": str(sink_path)}))
 
 

@@ -28,7 +28,9 @@ async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, *stops: str, **kwargs: Any) -> AsyncIterator[list[StopRunner]]:
+async def running(
+    settings: Settings, *stops: str, **kwargs: Any
+) -> AsyncIterator[list[StopRunner]]:
     """Run ``stops`` in this event loop; on exit stop them as SIGTERM would."""
     stopping = asyncio.Event()
     runners: list[StopRunner] = []
@@ -47,7 +49,9 @@ async def running(settings: Settings, *stops: str, **kwargs: Any) -> AsyncIterat
             raise errors[0]
 
 
-async def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, enable_idempotence=False)
     await producer.start()
     try:
@@ -59,8 +63,9 @@ async def produce(settings: Settings, topic: str, records: list[tuple[bytes | No
 
 async def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30) -> list[Any]:
     """Every record of ``topic`` from the beginning, once at least ``expect`` are there."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
     await consumer.start()
     records: list[Any] = []
     try:
@@ -70,7 +75,7 @@ async def read_topic(settings: Settings, topic: str, expect: int, timeout: float
         while not partitions and time.monotonic() < deadline:
             partitions = consumer.partitions_for_topic(name)
             if not partitions:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 await asyncio.sleep(0.2)
         assert partitions, f"topic {name} does not exist"
         tps = [TopicPartition(name, p) for p in sorted(partitions)]

@@ -10,7 +10,8 @@ from metrobus.errors import InvalidMessage
 def test_wrap_encode_decode_round_trip() -> None:
     env = Envelope.wrap({"x": 1, "account_number": 1000123}, ["AddEmail", "WhiteList", "Log"])
     back = decode(env.encode())
-    assert back.id == env.id and len(env.id) == 32
+    assert back.id == env.id
+    assert len(env.id) == 32
     assert back.route == ["AddEmail", "WhiteList", "Log"]
     assert back.original_route == ["AddEmail", "WhiteList", "Log"]
     assert back.payload == {"x": 1, "account_number": 1000123}
@@ -36,7 +37,8 @@ def test_hop_pops_own_stop_and_records_time() -> None:
 def test_hop_of_router_does_not_touch_route() -> None:
     env = Envelope.wrap({}, [])
     env.hop("busdriver", at=5)
-    assert env.route == [] and env.historical_route == [{"stop": "busdriver", "at": 5}]
+    assert env.route == []
+    assert env.historical_route == [{"stop": "busdriver", "at": 5}]
 
 
 def test_unknown_header_fields_survive() -> None:
@@ -57,10 +59,15 @@ def test_unknown_header_fields_survive() -> None:
         (b'{"header": "nope", "payload": {}}', "header is missing or not an object"),
         (b'{"payload": {}}', "header is missing or not an object"),
         (b'{"header": {"route": "Log"}, "payload": {}}', "header.route is not a list of strings"),
-        (b'{"header": {"route": ["Log", 3]}, "payload": {}}', "header.route is not a list of strings"),
+        (
+            b'{"header": {"route": ["Log", 3]}, "payload": {}}',
+            "header.route is not a list of strings",
+        ),
         (b'{"header": {"route": ["Log"]}, "payload": [1]}', "payload is missing or not an object"),
-        (b'{"header": {"route": ["Log"], "created_at": "x"}, "payload": {}}',
-         "header.created_at is not an integer"),
+        (
+            b'{"header": {"route": ["Log"], "created_at": "x"}, "payload": {}}',
+            "header.created_at is not an integer",
+        ),
     ],
 )
 def test_malformed_values_raise_invalid_message(value: bytes | None, reason: str) -> None:

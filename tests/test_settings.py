@@ -23,7 +23,11 @@ def test_shipped_config_reproduces_the_original_pipeline() -> None:
     s = load_settings(ROOT / "metrobus.toml", {})
     assert route_order(s) == ["busdriver", "AddEmail", "WhiteList", "Log"]
     assert {n: c.kind for n, c in s.stops.items()} == {
-        "busdriver": "router", "AddEmail": "enrich", "WhiteList": "filter", "Log": "sink"}
+        "busdriver": "router",
+        "AddEmail": "enrich",
+        "WhiteList": "filter",
+        "Log": "sink",
+    }
     assert s.stops["busdriver"].options["input"] == "Source"
     assert (s.source_topic, s.dead_letter_topic, s.partitions) == ("Source", "Error", 6)
     for name in s.stops:
@@ -31,7 +35,9 @@ def test_shipped_config_reproduces_the_original_pipeline() -> None:
 
 
 def test_environment_then_flags_override_the_file() -> None:
-    s = load_settings(ROOT / "metrobus.toml", {"METROBUS_BOOTSTRAP": "k:1", "METROBUS_REDIS_URL": "redis://r:2/0"})
+    s = load_settings(
+        ROOT / "metrobus.toml", {"METROBUS_BOOTSTRAP": "k:1", "METROBUS_REDIS_URL": "redis://r:2/0"}
+    )
     assert (s.bootstrap, s.redis_url) == ("k:1", "redis://r:2/0")
     s = load_settings(ROOT / "metrobus.toml", {"METROBUS_BOOTSTRAP": "k:1"}, bootstrap="flag:3")
     assert s.bootstrap == "flag:3"
@@ -48,10 +54,16 @@ def test_original_variables_are_honoured_when_new_ones_are_absent() -> None:
 def test_namespace_prefixes_topics_groups_and_keys() -> None:
     plain = load_settings(ROOT / "metrobus.toml", {})
     assert (plain.topic("Source"), plain.group("AddEmail"), plain.redis_key("email:1")) == (
-        "Source", "metrobus.AddEmail", "email:1")
+        "Source",
+        "metrobus.AddEmail",
+        "email:1",
+    )
     ns = plain.replace(namespace="blue")
     assert (ns.topic("Source"), ns.group("AddEmail"), ns.redis_key("email:1")) == (
-        "blue.Source", "blue.metrobus.AddEmail", "blue:email:1")
+        "blue.Source",
+        "blue.metrobus.AddEmail",
+        "blue:email:1",
+    )
 
 
 @pytest.mark.parametrize(
@@ -74,8 +86,14 @@ def test_invalid_config_is_a_config_error(tmp_path: Path, toml: str, message: st
     ("table", "message"),
     [
         ("kind = 'enrich'\nkey_field = 'a'\ntarget_field = 'b'\n", "missing option 'redis_key'"),
-        ("kind = 'enrich'\nkey_field = 'a'\nredis_key = 'k'\ntarget_field = 'b'\n", "must contain {}"),
-        ("kind = 'filter'\nfield = 'a'\nredis_set = 's'\nmode = 'maybe'\n", "must be one of allow, deny"),
+        (
+            "kind = 'enrich'\nkey_field = 'a'\nredis_key = 'k'\ntarget_field = 'b'\n",
+            "must contain {}",
+        ),
+        (
+            "kind = 'filter'\nfield = 'a'\nredis_set = 's'\nmode = 'maybe'\n",
+            "must be one of allow, deny",
+        ),
         ("kind = 'sink'\ncolour = 'red'\n", "unknown option(s): colour"),
         ("kind = 'router'\ndefault = 'Log'\n", "option 'default' has the wrong type"),
         ("kind = 'python'\nhandler = 'nosuchmodule_xyz:f'\n", "cannot import 'nosuchmodule_xyz'"),
@@ -94,13 +112,14 @@ def test_invalid_stop_options_name_the_stop(tmp_path: Path, table: str, message:
 
 def test_unknown_stop_lists_the_known_ones() -> None:
     s = load_settings(ROOT / "metrobus.toml", {})
-    with pytest.raises(ConfigError, match="unknown stop 'Nope'.*busdriver, AddEmail"):
+    with pytest.raises(ConfigError, match=r"unknown stop 'Nope'.*busdriver, AddEmail"):
         resolve_stop(s, "Nope")
 
 
 def test_user_stop_reference_becomes_a_python_stop() -> None:
     s, name = resolve_stop(load_settings(ROOT / "metrobus.toml", {}), "tests.user_stops:tag_vip")
-    assert name == "tag_vip" and s.stop("tag_vip").kind == "python"
+    assert name == "tag_vip"
+    assert s.stop("tag_vip").kind == "python"
     build_stop(s.stop("tag_vip"))
 
 
@@ -109,14 +128,18 @@ def test_user_stop_reference_becomes_a_python_stop() -> None:
     [
         (["run", "Nope"], "metrobus: error: unknown stop 'Nope'"),
         (["run", "nosuchmodule_xyz:f"], "metrobus: error: cannot import 'nosuchmodule_xyz'"),
-        (["run", "AddEmail", "--config", "/does/not/exist.toml"], "metrobus: error: cannot read config"),
+        (
+            ["run", "AddEmail", "--config", "/does/not/exist.toml"],
+            "metrobus: error: cannot read config",
+        ),
     ],
 )
 def test_cli_config_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), result.output
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(message), result.output
 
 
 def test_cli_bad_flag_is_a_usage_error() -> None:
@@ -130,4 +153,5 @@ def test_every_command_has_help() -> None:
     for command in ("run", "push", "seed", "stats"):
         result = CliRunner().invoke(cli, [command, "--help"])
         assert result.exit_code == 0
-        assert "--config" in result.output and "--bootstrap" in result.output
+        assert "--config" in result.output
+        assert "--bootstrap" in result.output

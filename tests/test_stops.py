@@ -34,7 +34,9 @@ RULES = [
         ({}, ["Log"]),
     ],
 )
-def test_router_rules_first_match_wins_else_default(payload: dict[str, Any], route: list[str]) -> None:
+def test_router_rules_first_match_wins_else_default(
+    payload: dict[str, Any], route: list[str]
+) -> None:
     assert choose_route(RULES, ["Log"], payload) == route
 
 
@@ -42,8 +44,12 @@ def test_router_without_default_has_no_route() -> None:
     assert choose_route(RULES, None, {"message_type_code": "nope"}) is None
 
 
-async def call(stop_config: StopConfig, payload: dict[str, Any], store: Store | None = None,
-               route: list[str] | None = None) -> tuple[Any, Envelope]:
+async def call(
+    stop_config: StopConfig,
+    payload: dict[str, Any],
+    store: Store | None = None,
+    route: list[str] | None = None,
+) -> tuple[Any, Envelope]:
     stop = build_stop(stop_config)
     env = Envelope.wrap(payload, route if route is not None else [stop_config.name, "Log"])
     env.hop(stop_config.name)
@@ -57,8 +63,9 @@ async def test_router_stop_writes_route_and_original_route(settings: Settings) -
     assert env.historical_route[0]["stop"] == "busdriver"
 
 
-async def test_enrich_adds_email_or_drops(settings: Settings, redis_client: aioredis.Redis,
-                                          namespace: str) -> None:
+async def test_enrich_adds_email_or_drops(
+    settings: Settings, redis_client: aioredis.Redis, namespace: str
+) -> None:
     await redis_client.set(f"{namespace}:email:1000001", "a@example.com")
     store = Store(redis_client, f"{namespace}:")
     config = settings.stop("AddEmail")
@@ -70,14 +77,21 @@ async def test_enrich_adds_email_or_drops(settings: Settings, redis_client: aior
         await call(config, {"x": 1}, store)
 
 
-async def test_enrich_on_miss_pass_forwards_unchanged(redis_client: aioredis.Redis, namespace: str) -> None:
-    config = StopConfig("E", "enrich", {"key_field": "k", "redis_key": "v:{}", "target_field": "v",
-                                        "on_miss": "pass"})
+async def test_enrich_on_miss_pass_forwards_unchanged(
+    redis_client: aioredis.Redis, namespace: str
+) -> None:
+    config = StopConfig(
+        "E",
+        "enrich",
+        {"key_field": "k", "redis_key": "v:{}", "target_field": "v", "on_miss": "pass"},
+    )
     result, _ = await call(config, {"k": "absent"}, Store(redis_client, f"{namespace}:"))
     assert result == {"k": "absent"}
 
 
-async def test_filter_allow_and_deny(settings: Settings, redis_client: aioredis.Redis, namespace: str) -> None:
+async def test_filter_allow_and_deny(
+    settings: Settings, redis_client: aioredis.Redis, namespace: str
+) -> None:
     await redis_client.sadd(f"{namespace}:whitelist", "ok@example.com")
     store = Store(redis_client, f"{namespace}:")
     allow = settings.stop("WhiteList")
@@ -88,7 +102,8 @@ async def test_filter_allow_and_deny(settings: Settings, redis_client: aioredis.
     deny = StopConfig("D", "filter", {"field": "email", "redis_set": "whitelist", "mode": "deny"})
     denied, _ = await call(deny, {"email": "ok@example.com"}, store)
     passed, _ = await call(deny, {"email": "no@example.com"}, store)
-    assert denied == Drop("email on deny list") and passed == {"email": "no@example.com"}
+    assert denied == Drop("email on deny list")
+    assert passed == {"email": "no@example.com"}
     with pytest.raises(InvalidMessage, match="no usable 'email'"):
         await call(allow, {"account_number": 1}, store)
 
@@ -111,7 +126,8 @@ async def test_sink_writes_one_json_line_per_envelope(tmp_path: Path) -> None:
 async def test_user_stop_changes_the_route(settings: Settings) -> None:
     config = StopConfig("tag", "python", {"handler": "tests.user_stops:tag_vip"})
     result, env = await call(config, {"vip": True}, route=["tag", "Log"])
-    assert result["tagged"] is True and env.route == ["Audit", "Log"]
+    assert result["tagged"] is True
+    assert env.route == ["Audit", "Log"]
     dropped, _ = await call(config, {"test_account": True}, route=["tag", "Log"])
     assert dropped == Drop("test account")
 
@@ -122,7 +138,8 @@ async def test_context_route_operations() -> None:
     ctx = Context("A", env, None)
     ctx.detour("X", "Y")
     assert ctx.route == ["X", "Y", "B", "C"]
-    assert ctx.skip("B") and not ctx.skip("Z")
+    assert ctx.skip("B")
+    assert not ctx.skip("Z")
     assert ctx.route == ["X", "Y", "C"]
     ctx.set_route(["Q"])
     assert env.route == ["Q"]
@@ -132,7 +149,9 @@ async def test_context_route_operations() -> None:
         ctx.detour("")
 
 
-async def test_lookups_of_a_batch_share_one_round_trip(redis_client: aioredis.Redis, namespace: str) -> None:
+async def test_lookups_of_a_batch_share_one_round_trip(
+    redis_client: aioredis.Redis, namespace: str
+) -> None:
     await redis_client.mset({f"{namespace}:k{i}": str(i) for i in range(0, 1000, 2)})
     await redis_client.sadd(f"{namespace}:s", *[str(i) for i in range(0, 1000, 3)])
     store = Store(redis_client, f"{namespace}:")

@@ -80,7 +80,9 @@ class StopStats:
     ) -> None:
         self.client, self.keys = client, Keys(prefix)
         self.stop, self.kind, self.topic = stop, kind, topic
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}" + (
+            f"#{worker_id}" if worker_id else ""
+        )
         self.partitions: list[int] = []
         self.totals: Counter[str] = Counter()  # since start, for logs and tests
         self._reset()
@@ -182,11 +184,15 @@ async def read_stats(
         entry: dict[str, Any] = {"kind": kinds.get(name, "?")}
         entry.update({f: int(counts.get(f, 0)) for f in COUNT_FIELDS})
         entry["drop_reasons"] = {f[5:]: int(v) for f, v in counts.items() if f.startswith("drop:")}
-        live = [orjson.loads(w) for w in workers.values()]
-        entry["workers"] = sum(1 for w in live if now - w.get("seen", 0) < WORKER_STALE_S)
-        entry["partitions"] = sorted(
-            p for w in live if now - w.get("seen", 0) < WORKER_STALE_S for p in w["partitions"]
-        )
+        live = {
+            wid: w
+            for wid, w in ((wid, orjson.loads(raw)) for wid, raw in workers.items())
+            if now - w.get("seen", 0) < WORKER_STALE_S
+        }
+        entry["workers"] = len(live)
+        entry["assignments"] = {
+            wid: {"pid": w["pid"], "partitions": w["partitions"]} for wid, w in sorted(live.items())
+        }
         entry["latency_ms"] = percentiles(_hist(latency))
         stops[name] = entry
     order = [s for s in (route_order or []) if s in stops]

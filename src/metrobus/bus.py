@@ -32,10 +32,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def make_consumer(bootstrap: str, topic: str, group: str, max_records: int) -> AIOKafkaConsumer:
+def make_consumer(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    max_records: int,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
     """A group consumer that never auto-commits and starts a new group at the earliest offset."""
-    return AIOKafkaConsumer(
-        topic,
+    consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
@@ -49,6 +54,8 @@ def make_consumer(bootstrap: str, topic: str, group: str, max_records: int) -> A
         request_timeout_ms=20_000,
         retry_backoff_ms=200,
     )
+    consumer.subscribe([topic], listener=listener)
+    return consumer
 
 
 def make_producer(bootstrap: str) -> AIOKafkaProducer:

@@ -63,6 +63,11 @@ def common(func: F) -> F:
             help="prefix for topics, consumer groups and Redis keys [env METROBUS_NAMESPACE]",
         ),
         click.option(
+            "--connect-timeout",
+            type=click.FloatRange(min=0),
+            help="seconds to keep retrying an unreachable Kafka or Redis at start [default 60]",
+        ),
+        click.option(
             "--log-level",
             default="INFO",
             show_default=True,
@@ -89,6 +94,7 @@ def settings_from(kw: dict[str, Any]) -> Settings:
         bootstrap=kw.pop("bootstrap"),
         redis_url=kw.pop("redis_url"),
         namespace=kw.pop("namespace"),
+        connect_timeout=kw.pop("connect_timeout"),
     )
 
 
@@ -251,7 +257,8 @@ def push(
     type=click.IntRange(min=1),
     default=100_000,
     show_default=True,
-    help="accounts to generate (about a third get an email)",
+    help="accounts to generate, each with an email; ids step by 1-5 from 1,000,000 "
+    "so about a third of the id range has one",
 )
 @click.option(
     "--out",
@@ -278,8 +285,8 @@ def seed(accounts: int, out_dir: Path | None, rng_seed: int | None, **kw: Any) -
 
     r = asyncio.run(main())
     click.echo(
-        f"seeded {r.accounts:,} accounts ({r.emails:,} with an email, last id "
-        f"{r.last_account}), whitelist of {r.whitelist:,} emails",
+        f"seeded {r.emails:,} account emails (ids 1000000-{r.last_account}), "
+        f"whitelist of {r.whitelist:,} emails",
         err=True,
     )
 

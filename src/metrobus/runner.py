@@ -97,10 +97,8 @@ class StopRunner:
         self.producer = bus.make_producer(s.bootstrap)
         await bus.start_with_retry(self.producer, s.bootstrap, s.connect_timeout, "producer")
         self.consumer = bus.make_consumer(
-            s.bootstrap, self.input_topic, s.group(self.stop.name), s.batch_size
+            s.bootstrap, self.input_topic, s.group(self.stop.name), s.batch_size, _Rebalance(self)
         )
-        self.consumer.unsubscribe()
-        self.consumer.subscribe([self.input_topic], listener=_Rebalance(self))
         await bus.start_with_retry(self.consumer, s.bootstrap, s.connect_timeout, "consumer")
         log.info(
             "stop %s (%s) consuming %s in group %s",

@@ -1,7 +1,8 @@
 """``metrobus seed``: the original's account/email data and whitelist, into Redis.
 
-Account ids start at 1,000,000 and grow in random steps of 1–5; about a third
-get an email (Redis string ``email:<account>``). The whitelist (Redis set
+Account ids start at 1,000,000 and grow in random steps of 1–5, so about a
+third of the id range has an email (Redis string ``email:<account>``), as in
+the original ``make_account_email.py``. The whitelist (Redis set
 ``whitelist``) holds about half of those emails plus as many unrelated ones.
 Writes are pipelined in chunks; ``out_dir`` also writes ``emails.dat``
 (``account,email`` lines) and ``whitelist.dat`` (one email per line), the
@@ -63,16 +64,15 @@ def email_for(rng: random.Random) -> str:
 
 
 def generate(accounts: int, rng: random.Random) -> tuple[dict[int, str], list[str], int]:
-    """(account → email for about a third of them, whitelist, last account id)."""
+    """(account → email, whitelist, last account id); ids step by 1–5 at random."""
     emails: dict[int, str] = {}
     account = FIRST_ACCOUNT
     for _ in range(accounts):
-        if rng.random() < 1 / 3:
-            emails[account] = email_for(rng)
+        emails[account] = email_for(rng)
         account += rng.randint(1, 5)
     listed = [e for e in emails.values() if rng.random() < 0.5]
     unrelated = [f"other.{email_for(rng)}" for _ in range(len(listed))]
-    return emails, listed + unrelated, account - 1
+    return emails, listed + unrelated, max(emails)
 
 
 async def account_range(client: aioredis.Redis, prefix: str) -> int:

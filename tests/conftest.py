@@ -13,11 +13,16 @@ import redis.asyncio as aioredis
 from metrobus.settings import Settings, StopConfig, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+# Tansu holds each group join for half the session timeout; Apache Kafka's minimum is 6 s.
+SESSION_TIMEOUT_MS = {"tansu": 2000, "apache": 6000, "external": 10_000}
 
 
 @pytest.fixture(scope="session")
 def services() -> dict[str, str]:
-    """Where the real broker and Redis are; scripts/test exports these."""
+    """Where the real broker and Redis are; scripts/test exports these.
+
+    Also sets METROBUS_SESSION_TIMEOUT_MS for the `metrobus` subprocesses of tests.
+    """
     bootstrap = os.environ.get("METROBUS_BOOTSTRAP")
     redis_url = os.environ.get("METROBUS_REDIS_URL")
     if not bootstrap or not redis_url:
@@ -25,11 +30,9 @@ def services() -> dict[str, str]:
             "integration tests need METROBUS_BOOTSTRAP and METROBUS_REDIS_URL: "
             "run them with scripts/test, which starts Kafka and Redis"
         )
-    return {
-        "bootstrap": bootstrap,
-        "redis_url": redis_url,
-        "kind": os.environ.get("METROBUS_TEST_BROKER_KIND", "external"),
-    }
+    kind = os.environ.get("METROBUS_TEST_BROKER_KIND", "external")
+    os.environ.setdefault("METROBUS_SESSION_TIMEOUT_MS", str(SESSION_TIMEOUT_MS[kind]))
+    return {"bootstrap": bootstrap, "redis_url": redis_url, "kind": kind}
 
 
 @pytest.fixture
@@ -53,6 +56,7 @@ def settings(services: dict[str, str], namespace: str, sink_path: Path) -> Setti
         namespace=namespace,
         connect_timeout=30.0,
         commit_interval=0.3,
+        session_timeout_ms=SESSION_TIMEOUT_MS[services["kind"]],
     )
     return base.with_stop(StopConfig("Log", "sink", {"path": str(sink_path)}))
 

@@ -38,8 +38,13 @@ def make_consumer(
     group: str,
     max_records: int,
     listener: ConsumerRebalanceListener | None = None,
+    session_timeout_ms: int = 10_000,
 ) -> AIOKafkaConsumer:
-    """A group consumer that never auto-commits and starts a new group at the earliest offset."""
+    """A group consumer that never auto-commits and starts a new group at the earliest offset.
+
+    ``session_timeout_ms`` bounds how fast a dead member is noticed; Tansu also
+    holds every join for half of it, so the embedded broker runs with less.
+    """
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,
@@ -48,8 +53,8 @@ def make_consumer(
         max_poll_records=max_records,
         fetch_max_wait_ms=50,
         max_partition_fetch_bytes=4 * 1024 * 1024,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(session_timeout_ms // 5, 100),
         max_poll_interval_ms=600_000,
         request_timeout_ms=20_000,
         retry_backoff_ms=200,

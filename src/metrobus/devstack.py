@@ -62,7 +62,7 @@ class _Server:
     stop_grace = 10.0  # seconds between SIGTERM and SIGKILL
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).absolute()  # the server runs in it: no relative paths
         self.port = port if port is not None else free_port()
         self.pid: int | None = None
         self._proc: Popen[bytes] | None = None
@@ -96,6 +96,7 @@ class _Server:
         return self.record()
 
     def alive(self) -> bool:
+        """Ours: not exited yet. Re-attached: the pid lives and still serves our port."""
         if self._proc is not None:
             return self._proc.poll() is None
         return self.pid is not None and _pid_alive(self.pid) and self._owns(self.pid)

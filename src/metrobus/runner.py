@@ -97,7 +97,12 @@ class StopRunner:
         self.producer = bus.make_producer(s.bootstrap)
         await bus.start_with_retry(self.producer, s.bootstrap, s.connect_timeout, "producer")
         self.consumer = bus.make_consumer(
-            s.bootstrap, self.input_topic, s.group(self.stop.name), s.batch_size, _Rebalance(self)
+            s.bootstrap,
+            self.input_topic,
+            s.group(self.stop.name),
+            s.batch_size,
+            _Rebalance(self),
+            s.session_timeout_ms,
         )
         await bus.start_with_retry(self.consumer, s.bootstrap, s.connect_timeout, "consumer")
         log.info(

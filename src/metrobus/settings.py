@@ -44,6 +44,7 @@ class Settings:
     batch_timeout_ms: int = 50
     commit_interval: float = 1.0
     connect_timeout: float = 60.0
+    session_timeout_ms: int = 10_000
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     stops: Mapping[str, StopConfig] = field(default_factory=dict)
@@ -163,6 +164,9 @@ def load_settings(
         batch_size=_int(pipeline.get("batch_size", 1000), "pipeline.batch_size", where, 1),
         batch_timeout_ms=_int(pipeline.get("batch_timeout_ms", 50), "batch_timeout_ms", where),
         http_host=str(http.get("host", "127.0.0.1")),
+        session_timeout_ms=_int(
+            kafka.get("session_timeout_ms", 10_000), "kafka.session_timeout_ms", where, 1000
+        ),
         stops=_stops(data.get("stops", {}), where),
         config_path=where,
     )
@@ -171,6 +175,13 @@ def load_settings(
         overrides["bootstrap"] = bootstrap
     if (redis_url := _env_redis(env)) is not None:
         overrides["redis_url"] = redis_url
+    if env.get("METROBUS_SESSION_TIMEOUT_MS"):
+        overrides["session_timeout_ms"] = _int(
+            int(env["METROBUS_SESSION_TIMEOUT_MS"]),
+            "METROBUS_SESSION_TIMEOUT_MS",
+            "environment",
+            1000,
+        )
     if env.get("METROBUS_NAMESPACE"):
         overrides["namespace"] = env["METROBUS_NAMESPACE"]
     overrides.update({k: v for k, v in flags.items() if v is not None})

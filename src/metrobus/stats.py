@@ -84,6 +84,7 @@ class StopStats:
             f"#{worker_id}" if worker_id else ""
         )
         self.partitions: list[int] = []
+        self.flushed_at = time.monotonic()
         self.totals: Counter[str] = Counter()  # since start, for logs and tests
         self._reset()
 
@@ -126,7 +127,14 @@ class StopStats:
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(k.stops, self.stop)
         pipe.hset(f"{k.stops}:kind", self.stop, self.kind)
-        seen = {"pid": os.getpid(), "partitions": self.partitions, "seen": time.time()}
+        now = time.monotonic()
+        rate = self.counts["in"] / max(now - self.flushed_at, 1e-3)
+        seen = {
+            "pid": os.getpid(),
+            "partitions": self.partitions,
+            "seen": time.time(),
+            "rate_in": round(rate, 1),
+        }
         pipe.hset(k.workers(self.stop), self.worker_id, orjson.dumps(seen))
         for field, n in self.counts.items():
             pipe.hincrby(k.counts(self.stop), field, n)
@@ -148,6 +156,7 @@ class StopStats:
         except TRANSIENT_REDIS:
             return False
         self._reset()
+        self.flushed_at = now
         return True
 
     async def leave(self) -> None:
@@ -190,6 +199,7 @@ async def read_stats(
             if now - w.get("seen", 0) < WORKER_STALE_S
         }
         entry["workers"] = len(live)
+        entry["rate_in"] = round(sum(w.get("rate_in", 0.0) for w in live.values()), 1)
         entry["assignments"] = {
             wid: {"pid": w["pid"], "partitions": w["partitions"]} for wid, w in sorted(live.items())
         }

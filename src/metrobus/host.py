@@ -16,6 +16,7 @@ from metrobus.http import make_app, serve
 from metrobus.runner import StopRunner
 from metrobus.settings import Settings, route_order
 from metrobus.stops import build_stop
+from metrobus.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -71,5 +72,23 @@ def run(settings: Settings, stop_name: str, **kwargs: object) -> None:
         stopping = asyncio.Event()
         install_signals(stopping)
         await async_run(settings, stop_name, stopping=stopping, **kwargs)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+
+
+def serve_forever(settings: Settings, http_port: int) -> None:
+    """Blocking entry point of ``metrobus serve``: HTTP only, until SIGTERM/SIGINT."""
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        install_signals(stopping)
+        client = connect(settings.redis_url)
+        app = make_app(client, settings.redis_key(""), route_order(settings))
+        web = await serve(app, settings.http_host, http_port)
+        try:
+            await stopping.wait()
+        finally:
+            await web.cleanup()
+            await client.aclose()
 
     asyncio.run(main())

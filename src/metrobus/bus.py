@@ -8,7 +8,6 @@ broker rejects both, and at-least-once with counted duplicates is the contract.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
 from metrobus.errors import ServiceUnavailable
+from metrobus.retry import until_up
 
 __all__ = [
     "ConsumerRebalanceListener",
@@ -78,30 +78,7 @@ def make_producer(bootstrap: str) -> AIOKafkaProducer:
 
 async def start_with_retry(client: Any, bootstrap: str, timeout: float, what: str) -> None:
     """``await client.start()`` until the broker answers or ``timeout`` passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay, attempt = 0.2, 0
-    while True:
-        attempt += 1
-        try:
-            await client.start()
-            return
-        except KafkaError as exc:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise ServiceUnavailable(
-                    f"Kafka at {bootstrap} is unreachable after {timeout:.0f}s ({what}): {exc}"
-                ) from exc
-            log.warning(
-                "waiting for Kafka at %s for the %s (attempt %d, %.0fs left): %s",
-                bootstrap,
-                what,
-                attempt,
-                left,
-                exc,
-            )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
+    await until_up(client.start, (KafkaError,), f"Kafka at {bootstrap} ({what})", timeout)
 
 
 async def ensure_topics(

@@ -98,6 +98,16 @@ def settings_from(kw: dict[str, Any]) -> Settings:
     )
 
 
+rate_option = click.option(
+    "--rate",
+    "-r",
+    type=click.FloatRange(min=0),
+    default=1000,
+    show_default=True,
+    help="messages per second, paced evenly (0: as fast as possible)",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="metrobus")
 def cli() -> None:
@@ -191,14 +201,7 @@ def _without_options(argv: list[str], names: set[str]) -> list[str]:
 
 
 @cli.command()
-@click.option(
-    "--rate",
-    "-r",
-    type=click.FloatRange(min=0),
-    default=1000,
-    show_default=True,
-    help="messages per second, paced evenly (0: as fast as possible)",
-)
+@rate_option
 @click.option(
     "--count",
     "-n",
@@ -325,14 +328,7 @@ def stats(as_json: bool, reset: bool, **kw: Any) -> None:
 
 
 @cli.command()
-@click.option(
-    "--rate",
-    "-r",
-    type=click.FloatRange(min=0),
-    default=1000,
-    show_default=True,
-    help="messages per second the load generator pushes (0: as fast as possible)",
-)
+@rate_option
 @click.option(
     "--http-port",
     type=click.IntRange(1, 65535),

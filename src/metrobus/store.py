@@ -19,7 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from metrobus.errors import ServiceUnavailable, TransientError
+from metrobus.errors import TransientError
+from metrobus.retry import until_up
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +39,7 @@ def connect(url: str) -> aioredis.Redis:
 
 async def wait_for_redis(client: aioredis.Redis, url: str, timeout: float) -> None:
     """Ping until Redis answers, logging what is awaited; give up after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    delay, attempt = 0.2, 0
-    while True:
-        attempt += 1
-        try:
-            await client.ping()
-            return
-        except TRANSIENT_REDIS as exc:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise ServiceUnavailable(
-                    f"Redis at {url} is unreachable after {timeout:.0f}s: {exc}"
-                ) from exc
-            log.warning(
-                "waiting for Redis at %s (attempt %d, %.0fs left): %s", url, attempt, left, exc
-            )
-            await asyncio.sleep(min(delay, left))
-            delay = min(delay * 2, 5.0)
+    await until_up(client.ping, TRANSIENT_REDIS, f"Redis at {url}", timeout)
 
 
 class Store:

@@ -228,6 +228,7 @@ def test_dev_with_an_unreachable_configured_broker_fails_in_one_line() -> None:
     result = run_cli("dev", "--http-port", str(free_port()), "--connect-timeout", "3", env=env)
     assert result.returncode == 3
     assert re.match(
-        r"metrobus: error: Kafka at 127\.0\.0\.1:\d+ (\(.*\) )?is unreachable after 3s", last_line(result)
+        r"metrobus: error: Kafka at 127\.0\.0\.1:\d+ (\(.*\) )?is unreachable after 3s",
+        last_line(result),
     )
     assert time.monotonic() - started < 45

@@ -155,3 +155,27 @@ def test_every_command_has_help() -> None:
         assert result.exit_code == 0
         assert "--config" in result.output
         assert "--bootstrap" in result.output
+
+
+def test_a_stops_input_option_is_where_messages_for_it_go(tmp_path: Path) -> None:
+    path = tmp_path / "metrobus.toml"
+    path.write_text(
+        "[stops.AddEmail]\nkind = 'python'\nhandler = 'tests.user_stops:audit'\n"
+        "input = 'ContactPoint'\n"
+    )
+    s = load_settings(path, {}, namespace="ns")
+    assert s.stop_topic("AddEmail") == "ns.ContactPoint"
+    assert s.stop_topic("Unconfigured") == "ns.Unconfigured"
+    assert build_stop(s.stop("AddEmail")).input == "ContactPoint"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"METROBUS_SESSION_TIMEOUT_MS": "abc"}, "METROBUS_SESSION_TIMEOUT_MS must be an integer"),
+        ({"METROBUS_REDIS_URL": "http://nope"}, "Redis URL must start with redis://"),
+    ],
+)
+def test_bad_environment_is_a_config_error(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(ROOT / "metrobus.toml", env)

@@ -163,3 +163,19 @@ async def test_lookups_of_a_batch_share_one_round_trip(
     assert results == [(str(i) if i % 2 == 0 else None, i % 3 == 0) for i in range(1000)]
     # one pipelined round trip for the 1,000 GETs, one for the 1,000 memberships
     assert store.round_trips == 2
+
+
+async def test_a_bad_lookup_fails_only_its_own_handler(
+    redis_client: aioredis.Redis, namespace: str
+) -> None:
+    await redis_client.set(f"{namespace}:k", "v")
+    store = Store(redis_client, f"{namespace}:")
+    results = await asyncio.gather(
+        store.get("k"),
+        store.get(None),
+        store.is_member("s", 3),
+        return_exceptions=True,  # type: ignore[arg-type]
+    )
+    assert results[0] == "v"
+    assert isinstance(results[1], TypeError)
+    assert isinstance(results[2], TypeError)

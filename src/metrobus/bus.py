@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 
-from metrobus.errors import ServiceUnavailable
+from metrobus.errors import MetrobusError, ServiceUnavailable
 from metrobus.retry import until_up
 
 __all__ = [
@@ -120,5 +120,7 @@ async def ensure_topics(
         raise ServiceUnavailable(
             f"Kafka at {bootstrap} failed while creating topics: {exc}"
         ) from exc
+    except KafkaError as exc:
+        raise MetrobusError(f"cannot create topics at {bootstrap}: {exc}") from exc
     finally:
         await admin.close()

@@ -167,6 +167,7 @@ def run(
     from metrobus import host, supervisor
     from metrobus.stops import build_stop
 
+    common_flags = {k: v for k, v in kw.items() if v is not None}
     settings = settings_from(kw)
     if http_host:
         settings = settings.replace(http_host=http_host)
@@ -181,23 +182,12 @@ def run(
             min_partitions=min_partitions,
         )
         return
-    worker_argv = _without_options(sys.argv[1:], {"--replicas", "-n", "--http-port"})
-    worker_argv += ["--min-partitions", str(replicas)]
+    worker_argv = ["run", stop, "--min-partitions", str(replicas)]
+    if name:
+        worker_argv += ["--name", name]
+    for option, value in common_flags.items():
+        worker_argv += [f"--{option.replace('_', '-')}", str(value)]
     supervisor.supervise(settings, worker_argv, replicas, http_port)
-
-
-def _without_options(argv: list[str], names: set[str]) -> list[str]:
-    """``argv`` minus the given options and their values (both spellings)."""
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in names:
-            skip = True
-        elif not any(arg.startswith(f"{n}=") for n in names):
-            out.append(arg)
-    return out
 
 
 @cli.command()

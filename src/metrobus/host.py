@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 
 from metrobus.http import make_app, serve
@@ -60,9 +61,21 @@ async def async_run(
 
 
 def install_signals(stopping: asyncio.Event) -> None:
+    """First SIGTERM/SIGINT: drain and exit cleanly. A second one: exit at once.
+
+    Exiting at once loses nothing: offsets not committed are replayed.
+    """
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stopping.is_set():
+            log.warning("second %s: exiting without draining", sig.name)
+            os._exit(128 + sig.value)
+        log.info("%s: finishing the batch in hand, then exiting", sig.name)
+        stopping.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 def run(settings: Settings, stop_name: str, **kwargs: object) -> None:

@@ -18,7 +18,7 @@ from metrobus import bus
 from metrobus.progress import Reporter
 from metrobus.seed import FIRST_ACCOUNT, account_range
 from metrobus.settings import Settings
-from metrobus.store import connect
+from metrobus.store import connect, wait_for_redis
 
 TICK = 0.01  # pace in 10 ms slices: smooth enough, cheap enough
 
@@ -57,6 +57,7 @@ async def push(
     target = settings.topic(topic or settings.source_topic)
     client = connect(settings.redis_url)
     try:
+        await wait_for_redis(client, settings.redis_url, settings.connect_timeout)
         last_account = await account_range(client, settings.redis_key(""))
     finally:
         await client.aclose()
@@ -83,12 +84,16 @@ async def push(
                 await asyncio.sleep(TICK)
                 continue
             acks = []
+            refused = 0
             for i in range(chunk):
                 value = make_message(sent + i, rng, last_account, altabc_share)
                 key = value[value.rindex(b":") + 1 : -1]  # the account number, as text
-                acks.append(await producer.send(target, value, key=key))
+                try:
+                    acks.append(await producer.send(target, value, key=key))
+                except bus.KafkaError:
+                    refused += 1  # e.g. the broker is gone and the buffer is full
             results = await asyncio.gather(*acks, return_exceptions=True)
-            failed = sum(1 for r in results if isinstance(r, BaseException))
+            failed = refused + sum(1 for r in results if isinstance(r, BaseException))
             errors += failed
             sent += chunk - failed
             if reporter is not None:

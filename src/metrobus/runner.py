@@ -12,40 +12,22 @@ nothing past it; a bad message becomes a dead letter and the loop goes on.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
-from metrobus import bus
+from metrobus import bus, outcome
 from metrobus.context import Context, Drop
 from metrobus.envelope import Envelope, decode, from_object, is_envelope, now_ms, parse_json_object
 from metrobus.errors import InvalidMessage, TransientError
+from metrobus.outcome import Output
 from metrobus.settings import Settings
 from metrobus.stats import StopStats
 from metrobus.stops import Stop
 from metrobus.store import REDIS_DOWN, Store, connect, wait_for_redis
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Output:
-    """What one input record becomes: an outcome, and maybe a record for ``topic``.
-
-    ``detail`` is the next stop (forwarded), the creation time (delivered),
-    the reason (dropped) or the dead-letter summary (error).
-    """
-
-    outcome: str
-    detail: Any
-    topic: str | None = None
-    key: bytes | None = None
-    value: bytes | None = None
 
 
 class Backoff:
@@ -78,6 +60,7 @@ class StopRunner:
         self.stopping = asyncio.Event()
         self.pending: dict[Any, int] = {}  # TopicPartition -> next offset, acked not committed
         self.last_commit = time.monotonic()
+        self._commit_lock = asyncio.Lock()
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -85,8 +68,8 @@ class StopRunner:
     async def start(self, min_partitions: int = 0) -> None:
         s = self.settings
         await wait_for_redis(self.redis, s.redis_url, s.connect_timeout)
-        topics = [s.topic(n) for n in (s.dead_letter_topic, self.stop.input)]
-        topics += [s.topic(n) for n in s.stops if n != self.stop.name]
+        topics = [s.topic(s.dead_letter_topic), self.input_topic]
+        topics += [s.stop_topic(n) for n in s.stops]
         await bus.ensure_topics(
             s.bootstrap,
             topics,
@@ -114,16 +97,17 @@ class StopRunner:
         )
 
     async def close(self) -> None:
-        started = self.consumer is not None
+        """Final flush and commit, then close every client; bounded so SIGTERM exits in 10 s."""
         try:
-            if started:
-                await self.commit(final=True)
-                await self.stats.leave()
-        finally:
             if self.consumer is not None:
-                await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.commit(final=True), 5.0)
+                    await asyncio.wait_for(self.stats.leave(), 1.0)
+        finally:
+            for client in (self.consumer, self.producer):
+                if client is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(client.stop(), 2.0)
             self.stop.close()
             await self.redis.aclose()
 
@@ -179,10 +163,14 @@ class StopRunner:
             if isinstance(res, (TransientError, *REDIS_DOWN)):
                 raise res
         it = iter(results)
-        return [
-            self.route(rec, env, next(it) if isinstance(env, Envelope) else env, route)
-            for rec, env, route in zip(records, envelopes, routes, strict=True)
-        ]
+        outputs = []
+        for rec, env, route in zip(records, envelopes, routes, strict=True):
+            result = next(it) if isinstance(env, Envelope) else env
+            try:
+                outputs.append(self.route(rec, env, result, route))
+            except Exception as exc:  # e.g. a payload orjson cannot encode
+                outputs.append(self.dead_letter(rec, exc, route))
+        return outputs
 
     def decode(self, record: Any) -> Envelope | InvalidMessage:
         try:
@@ -208,46 +196,21 @@ class StopRunner:
                 result = TypeError(
                     f"handler returned {type(result).__name__}, expected the payload dict or a Drop"
                 )
-            return self.dead_letter(record, env, result, received_route)
+            return self.dead_letter(record, result, received_route)
         assert isinstance(env, Envelope)
         env.payload = result
         nxt = env.next_stop
         if nxt is None:
             return Output("delivered", env.created_at)
-        return Output("forwarded", nxt, self.settings.topic(nxt), record.key, env.encode())
+        return Output("forwarded", nxt, record, self.settings.stop_topic(nxt), env.encode())
 
     def dead_letter(
-        self,
-        record: Any,
-        env: Envelope | InvalidMessage,
-        exc: BaseException,
-        received_route: list[str],
+        self, record: Any, exc: BaseException, route: list[str], original: bool = True
     ) -> Output:
-        reason = exc.reason if isinstance(exc, InvalidMessage) else f"{exc}" or type(exc).__name__
-        info = {
-            "stop": self.stop.name,
-            "reason": reason,
-            "error_type": type(exc).__name__,
-            "route": received_route,
-            "at": now_ms(),
-            "key": record.key.decode("utf-8", "replace") if record.key else None,
-            "source": {
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-            },
-        }
         if not isinstance(exc, InvalidMessage):
-            log.warning(
-                "stop %s: handler failed on offset %s: %r", self.stop.name, record.offset, exc
-            )
-        body: dict[str, Any] = {"dead_letter": info}
-        try:
-            body["original"] = parse_json_object(record.value)
-        except InvalidMessage:
-            body["original_base64"] = base64.b64encode(record.value or b"").decode()
+            log.warning("stop %s: failed on offset %s: %r", self.stop.name, record.offset, exc)
         topic = self.settings.topic(self.settings.dead_letter_topic)
-        return Output("error", info, topic, record.key, orjson.dumps(body))
+        return outcome.dead_letter(self.stop.name, topic, record, exc, route, original=original)
 
     def account(self, outputs: list[Output]) -> None:
         """Count a batch once its outputs are acknowledged (never before: it may be retried)."""
@@ -264,39 +227,84 @@ class StopRunner:
                 stats.error(o.detail)
 
     async def produce(self, outputs: list[Output]) -> None:
-        """Send in input order and wait for every acknowledgement."""
-        acks = [
-            await self.producer.send(o.topic, o.value, key=o.key)
-            for o in outputs
-            if o.topic is not None
+        """Send in input order and wait for every acknowledgement.
+
+        A retriable failure raises (the batch is retried); a record the broker
+        will never take (too large, invalid topic, not authorised) becomes a
+        small dead letter instead, so one bad record cannot stall its partition.
+        """
+        failed = await self._send([o for o in outputs if o.topic is not None])
+        if not failed:
+            return
+        for _out, exc in failed:
+            if not isinstance(exc, bus.KafkaError) or exc.retriable:
+                raise exc
+        replaced = []
+        for out, exc in failed:
+            letter = self.dead_letter(out.record, exc, [], original=False)
+            outputs[outputs.index(out)] = letter
+            replaced.append(letter)
+        if again := await self._send(replaced):
+            raise again[0][1]
+
+    async def _send(self, outputs: list[Output]) -> list[tuple[Output, BaseException]]:
+        """Send ``outputs`` in order; the failed ones with their errors, once all are settled."""
+        futures: list[asyncio.Future[Any]] = []
+        for o in outputs:
+            try:
+                futures.append(await self.producer.send(o.topic, o.value, key=o.key))
+            except bus.KafkaError as exc:
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                futures.append(failed)
+        if not futures:
+            return []
+        acks = asyncio.ensure_future(asyncio.gather(*futures, return_exceptions=True))
+        halt = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait([acks, halt], return_when=asyncio.FIRST_COMPLETED)
+        halt.cancel()
+        if not acks.done():  # stopping while Kafka does not answer: leave it uncommitted
+            acks.cancel()
+            raise TransientError("stopping before the acknowledgements arrived")
+        return [
+            (o, r)
+            for o, r in zip(outputs, acks.result(), strict=True)
+            if isinstance(r, BaseException)
         ]
-        if acks:
-            await asyncio.gather(*acks)
 
     # -- commit -----------------------------------------------------------------
     async def commit(self, final: bool = False) -> None:
-        """Flush counts, then commit the acknowledged offsets (in that order)."""
-        self.last_commit = time.monotonic()
-        attempts = 5 if final else 1
-        for _ in range(attempts):
-            if await self.stats.flush():
-                break
-            if final:
-                await asyncio.sleep(0.5)
-        else:
-            log.warning(
-                "stop %s: Redis unavailable, counts kept and commit deferred", self.stop.name
-            )
-            return
-        if not self.pending:
-            return
-        offsets, self.pending = self.pending, {}
-        try:
-            await self.consumer.commit(offsets)
-        except bus.KafkaError as exc:
-            # A rebalance took the partitions: their new owner replays from the
-            # last commit (duplicates, counted; never losses).
-            log.warning("stop %s: commit failed, records will be replayed: %s", self.stop.name, exc)
+        """Flush counts, then commit the acknowledged offsets (in that order).
+
+        Serialised: the rebalance listener commits from aiokafka's own task.
+        Bounded: a broker that does not answer defers the commit (the offsets
+        stay pending), it never blocks the loop or the shutdown.
+        """
+        async with self._commit_lock:
+            self.last_commit = time.monotonic()
+            for attempt in range(3 if final else 1):
+                if await self.stats.flush():
+                    break
+                if final and attempt < 2:
+                    await asyncio.sleep(0.5)
+            else:
+                log.warning("stop %s: Redis unavailable, commit deferred", self.stop.name)
+                return
+            if not self.pending:
+                return
+            offsets, self.pending = self.pending, {}
+            try:
+                await asyncio.wait_for(self.consumer.commit(offsets), 3.0 if final else 10.0)
+            except TimeoutError:
+                log.warning("stop %s: Kafka did not confirm the commit; deferred", self.stop.name)
+                for tp, offset in offsets.items():
+                    self.pending[tp] = max(offset, self.pending.get(tp, 0))
+            except bus.KafkaError as exc:
+                # A rebalance took the partitions: their new owner replays from
+                # the last commit (duplicates, counted; never losses).
+                log.warning(
+                    "stop %s: commit failed, records will be replayed: %s", self.stop.name, exc
+                )
 
 
 class _Rebalance(bus.ConsumerRebalanceListener):  # type: ignore[misc]
@@ -307,8 +315,12 @@ class _Rebalance(bus.ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         await self.runner.commit()
+        for tp in revoked:
+            self.runner.pending.pop(tp, None)  # another member owns them now
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        owned = set(assigned)
+        self.runner.pending = {tp: o for tp, o in self.runner.pending.items() if tp in owned}
         self.runner.stats.partitions = sorted(tp.partition for tp in assigned)
         log.info(
             "stop %s assigned partitions %s", self.runner.stop.name, self.runner.stats.partitions

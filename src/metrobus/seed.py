@@ -17,6 +17,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from metrobus.errors import MetrobusError
 from metrobus.progress import Reporter
 
 FIRST_ACCOUNT = 1_000_000
@@ -92,9 +93,14 @@ async def seed(
     rng = random.Random(rng_seed)
     emails, whitelist, last = generate(accounts, rng)
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "emails.dat").write_text("".join(f"{a},{e}\n" for a, e in emails.items()))
-        (out_dir / "whitelist.dat").write_text("".join(f"{e}\n" for e in whitelist))
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "emails.dat").write_text("".join(f"{a},{e}\n" for a, e in emails.items()))
+            (out_dir / "whitelist.dat").write_text("".join(f"{e}\n" for e in whitelist))
+        except OSError as exc:
+            raise MetrobusError(
+                f"cannot write the data files to {out_dir}: {exc.strerror}"
+            ) from exc
     items = list(emails.items())
     with Reporter("seed → Redis", len(items) + len(whitelist)) as reporter:
         await client.delete(f"{prefix}whitelist")

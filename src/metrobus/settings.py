@@ -56,6 +56,12 @@ class Settings:
         """The Kafka topic of a stop or of a named topic, inside the namespace."""
         return f"{self.namespace}.{name}" if self.namespace else name
 
+    def stop_topic(self, stop: str) -> str:
+        """The input topic of a stop: its ``input`` option, else its name."""
+        config = self.stops.get(stop)
+        name = config.options.get("input", stop) if config is not None else stop
+        return self.topic(str(name))
+
     def group(self, stop: str) -> str:
         return f"{self.namespace}.metrobus.{stop}" if self.namespace else f"metrobus.{stop}"
 
@@ -153,7 +159,8 @@ def load_settings(
     redis = data.get("redis", {})
     pipeline = data.get("pipeline", {})
     http = data.get("http", {})
-    for section, value in (("kafka", kafka), ("redis", redis), ("pipeline", pipeline)):
+    sections = (("kafka", kafka), ("redis", redis), ("pipeline", pipeline), ("http", http))
+    for section, value in sections:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
     settings = Settings(
@@ -178,8 +185,9 @@ def load_settings(
     if (redis_url := _env_redis(env)) is not None:
         overrides["redis_url"] = redis_url
     if env.get("METROBUS_SESSION_TIMEOUT_MS"):
+        raw = env["METROBUS_SESSION_TIMEOUT_MS"]
         overrides["session_timeout_ms"] = _int(
-            int(env["METROBUS_SESSION_TIMEOUT_MS"]),
+            int(raw) if raw.isdigit() else raw,
             "METROBUS_SESSION_TIMEOUT_MS",
             "environment",
             1000,

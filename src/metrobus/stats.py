@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -20,8 +21,11 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from metrobus.store import TRANSIENT_REDIS
+
+log = logging.getLogger(__name__)
 
 # Histogram bucket upper bounds in ms: 0.05 ms … ~2 min, 25 % apart.
 BOUNDS = [0.05 * 1.25**i for i in range(67)]
@@ -96,6 +100,20 @@ class StopStats:
         self.e2e: Counter[int] = Counter()
         self.dead: list[bytes] = []
 
+    def _take(self) -> tuple[Any, ...]:
+        taken = (self.counts, self.reasons, self.edges, self.latency, self.e2e, self.dead)
+        self._reset()
+        return taken
+
+    def _give_back(self, taken: tuple[Any, ...]) -> None:
+        counts, reasons, edges, latency, e2e, dead = taken
+        self.counts.update(counts)
+        self.reasons.update(reasons)
+        self.edges.update(edges)
+        self.latency.update(latency)
+        self.e2e.update(e2e)
+        self.dead[:0] = dead
+
     def count(self, field: str, n: int = 1) -> None:
         self.counts[field] += n
         self.totals[field] += n
@@ -122,46 +140,51 @@ class StopStats:
         self.latency[bucket(ms)] += n
 
     async def flush(self) -> bool:
-        """Send pending counts in one round trip; False (counts kept) if Redis is down."""
-        k = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        pipe.sadd(k.stops, self.stop)
-        pipe.hset(f"{k.stops}:kind", self.stop, self.kind)
-        now = time.monotonic()
-        rate = self.counts["in"] / max(now - self.flushed_at, 1e-3)
+        """Send pending counts in one MULTI/EXEC round trip; False (counts kept) on failure.
+
+        The counts are taken before the await, so a batch finishing meanwhile
+        is counted in the next flush, and a failed flush gives them back.
+        """
+        k, now = self.keys, time.monotonic()
+        taken = self._take()
+        counts, reasons, edges, latency, e2e, dead = taken
         seen = {
             "pid": os.getpid(),
             "partitions": self.partitions,
             "seen": time.time(),
-            "rate_in": round(rate, 1),
+            "rate_in": round(counts["in"] / max(now - self.flushed_at, 1e-3), 1),
         }
+        pipe = self.client.pipeline(transaction=True)
+        pipe.sadd(k.stops, self.stop)
+        pipe.hset(f"{k.stops}:kind", self.stop, self.kind)
         pipe.hset(k.workers(self.stop), self.worker_id, orjson.dumps(seen))
-        for field, n in self.counts.items():
+        for field, n in counts.items():
             pipe.hincrby(k.counts(self.stop), field, n)
-        for reason, n in self.reasons.items():
+        for reason, n in reasons.items():
             pipe.hincrby(k.counts(self.stop), f"drop:{reason}", n)
-        if self.counts["in"]:
-            pipe.hincrby(k.counter, self.topic, self.counts["in"])
-        for edge, n in self.edges.items():
+        if counts["in"]:
+            pipe.hincrby(k.counter, self.topic, counts["in"])
+        for edge, n in edges.items():
             pipe.hincrby(k.edges, edge, n)
-        for idx, n in self.latency.items():
+        for idx, n in latency.items():
             pipe.hincrby(k.latency(self.stop), str(idx), n)
-        for idx, n in self.e2e.items():
+        for idx, n in e2e.items():
             pipe.hincrby(k.e2e, str(idx), n)
-        if self.dead:
-            pipe.lpush(k.dead, *self.dead)
+        if dead:
+            pipe.lpush(k.dead, *dead)
             pipe.ltrim(k.dead, 0, DEAD_LETTER_KEEP - 1)
         try:
             await pipe.execute()
-        except TRANSIENT_REDIS:
+        except (*TRANSIENT_REDIS, RedisError) as exc:
+            log.warning("stop %s: stats flush failed, kept for the next one: %s", self.stop, exc)
+            self._give_back(taken)
             return False
-        self._reset()
         self.flushed_at = now
         return True
 
     async def leave(self) -> None:
         """Forget this worker (clean shutdown) so worker counts stay truthful."""
-        with contextlib.suppress(*TRANSIENT_REDIS):
+        with contextlib.suppress(*TRANSIENT_REDIS, RedisError):
             await self.client.hdel(self.keys.workers(self.stop), self.worker_id)
 
 

@@ -28,12 +28,29 @@ log = logging.getLogger(__name__)
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 #: The same, plus what the socket layer may raise before redis-py wraps it.
 TRANSIENT_REDIS = (*REDIS_DOWN, ConnectionError, OSError)
+#: Error replies that mean "try again later", not "this command is wrong".
+TEMPORARY_REPLIES = ("BUSY", "TRYAGAIN", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "READONLY")
+
+
+def _key(value: object, what: str) -> str:
+    """Lookups take strings; anything else fails its caller alone, not the whole batch."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _temporary(reply: Exception) -> bool:
+    return str(reply).startswith(TEMPORARY_REPLIES)
 
 
 def connect(url: str) -> aioredis.Redis:
     """A client for ``url``; it does not connect until first used."""
     return aioredis.from_url(
-        url, decode_responses=True, socket_connect_timeout=2.0, health_check_interval=10
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,  # a hung server is "down", not a reason to hang with it
+        health_check_interval=10,
     )
 
 
@@ -64,18 +81,21 @@ class Store:
         return loop.create_future()
 
     async def get(self, key: str) -> str | None:
+        key = _key(key, "key")
         fut = self._future()
         self._gets.append((self.prefix + key, fut))
         result: str | None = await fut
         return result
 
     async def is_member(self, set_key: str, member: str) -> bool:
+        set_key, member = _key(set_key, "set key"), _key(member, "member")
         fut = self._future()
         self._members[self.prefix + set_key].append((member, fut))
         result: bool = await fut
         return result
 
     async def hget(self, key: str, field: str) -> str | None:
+        key, field = _key(key, "key"), _key(field, "field")
         fut = self._future()
         self._hgets.append((self.prefix + key, field, fut))
         result: str | None = await fut
@@ -109,16 +129,19 @@ class Store:
             self.round_trips += 1
             replies = await pipe.execute(raise_on_error=False)
         except TRANSIENT_REDIS as exc:
-            error = TransientError(f"Redis unavailable: {exc}")
+            error: BaseException = TransientError(f"Redis unavailable: {exc}")
+            replies = [error] * len(waiting)
+        except Exception as exc:  # never leave a handler waiting forever
+            replies = [exc] * len(waiting)
+        except BaseException:  # cancelled: so are the lookups
             for futures in waiting:
-                _fail(futures, error)
-            return
-        except RedisError as exc:
-            for futures in waiting:
-                _fail(futures, exc)
-            return
+                for fut in futures:
+                    fut.cancel()
+            raise
         for futures, reply in zip(waiting, replies, strict=True):
             if isinstance(reply, Exception):
+                if isinstance(reply, RedisError) and _temporary(reply):
+                    reply = TransientError(f"Redis is busy: {reply}")
                 _fail(futures, reply)
             elif len(futures) == 1 and not isinstance(reply, list):
                 _set(futures[0], reply)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 
 from metrobus.host import install_signals
 from metrobus.http import make_app, serve
@@ -27,6 +28,7 @@ async def _worker(index: int, argv: list[str], stopping: asyncio.Event) -> None:
     backoff = 0.5
     while not stopping.is_set():
         cmd = [sys.executable, "-m", "metrobus", *argv, "--worker-id", str(index)]
+        started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(*cmd)
         log.info("worker %d started (pid %d)", index, proc.pid)
         wait = asyncio.ensure_future(proc.wait())
@@ -48,7 +50,8 @@ async def _worker(index: int, argv: list[str], stopping: asyncio.Event) -> None:
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), backoff)
-        backoff = min(backoff * 2, 30.0)
+        # a worker that ran a while before dying starts the backoff afresh
+        backoff = 0.5 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
 
 
 async def async_supervise(
@@ -64,7 +67,14 @@ async def async_supervise(
         if http_port is not None:
             app = make_app(client, settings.redis_key(""), route_order(settings))
             web = await serve(app, settings.http_host, http_port)
-        await asyncio.gather(*(_worker(i, worker_argv, stopping) for i in range(replicas)))
+        workers = [
+            asyncio.ensure_future(_worker(i, worker_argv, stopping)) for i in range(replicas)
+        ]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            stopping.set()  # one failed: stop (and wait for) the others, leave no orphan
+            await asyncio.gather(*workers, return_exceptions=True)
     finally:
         if web is not None:
             await web.cleanup()

@@ -95,6 +95,7 @@ async def test_handler_exception_is_a_dead_letter_and_detours_work(
         {"n": 2, "test_account": True},
         {"n": 3, "explode": True},
         {"n": 4, "unencodable": True},
+        {"n": 5, "huge": True},
     ]
     async with running(settings, "Tag", "Audit", "Log"):
         await produce(settings, "Tag", [(None, envelope(p, ["Tag", "Log"])) for p in payloads])
@@ -102,15 +103,18 @@ async def test_handler_exception_is_a_dead_letter_and_detours_work(
         async def delivered() -> bool:
             doc = await stats(redis_client, settings)
             return (
-                doc["pipeline"]["delivered"] >= 2 and doc["stops"].get("Tag", {}).get("in", 0) >= 5
+                doc["pipeline"]["delivered"] >= 2 and doc["stops"].get("Tag", {}).get("in", 0) >= 6
             )
 
         await wait_until(delivered, 60, "two deliveries")
     doc = await stats(redis_client, settings)
     tag_stats = doc["stops"]["Tag"]
-    assert (tag_stats["out"], tag_stats["dropped"], tag_stats["errors"]) == (2, 1, 2)
-    letters = [orjson.loads(r.value) for r in await read_topic(settings, "Error", 2)]
-    by_n = {x["original"]["payload"]["n"]: x["dead_letter"] for x in letters}
+    assert (tag_stats["out"], tag_stats["dropped"], tag_stats["errors"]) == (2, 1, 3)
+    letters = [orjson.loads(r.value) for r in await read_topic(settings, "Error", 3)]
+    huge = [x["dead_letter"] for x in letters if "original_omitted_bytes" in x]
+    assert len(huge) == 1
+    assert huge[0]["error_type"] == "MessageSizeTooLargeError"
+    by_n = {x["original"]["payload"]["n"]: x["dead_letter"] for x in letters if "original" in x}
     assert (by_n[3]["reason"], by_n[3]["error_type"]) == ("asked to explode", "ValueError")
     assert by_n[4]["error_type"] == "TypeError"  # a payload orjson cannot encode
     lines = {

@@ -11,6 +11,8 @@ async def tag_vip(payload: dict[str, Any], ctx: Context) -> dict[str, Any] | Dro
     """Detour VIP accounts through an Audit stop; drop test accounts; fail on demand."""
     if payload.get("explode"):
         raise ValueError("asked to explode")
+    if payload.get("huge"):
+        payload["blob"] = "x" * 2_000_000  # more than any broker takes by default
     if payload.get("unencodable"):
         payload["tags"] = {"a set", "is not JSON"}
     if payload.get("test_account"):

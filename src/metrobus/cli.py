@@ -69,10 +69,8 @@ def common(func: F) -> F:
         ),
         click.option(
             "--log-level",
-            default="INFO",
-            show_default=True,
             type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-            help="log verbosity (logs always go to stderr)",
+            help="log verbosity; logs always go to stderr [default INFO; dev: WARNING]",
         ),
     ]
     for option in reversed(options):
@@ -80,10 +78,10 @@ def common(func: F) -> F:
     return func
 
 
-def settings_from(kw: dict[str, Any]) -> Settings:
+def settings_from(kw: dict[str, Any], log_level: str = "INFO") -> Settings:
     """Configure logging and resolve settings; pops the common options from ``kw``."""
     logging.basicConfig(
-        level=kw.pop("log_level").upper(),
+        level=(kw.pop("log_level") or log_level).upper(),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
@@ -354,7 +352,7 @@ def dev(
     from metrobus.dev import DevOptions
     from metrobus.dev import dev as run_dev
 
-    settings = settings_from(kw)
+    settings = settings_from(kw, log_level="WARNING")  # the live summary tells the story
     if "connect_timeout" not in settings.explicit:
         settings = settings.replace(connect_timeout=15.0)
     options = DevOptions(

@@ -12,13 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class Reporter:
     """``with Reporter("pushing", total) as r: r.advance(n)``; total may be None."""
 
-    def __init__(self, what: str, total: int | None, every: float = 2.0) -> None:
+    def __init__(
+        self, what: str, total: int | None, every: float = 2.0, enabled: bool = True
+    ) -> None:
         self.what, self.total, self.every = what, total, every
         self.done = 0
         self.started = self.last = time.monotonic()
         self.bar: Progress | None = None
         self.task = None
-        if sys.stderr.isatty():
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -47,7 +50,7 @@ class Reporter:
         now = time.monotonic()
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=self.done, rate=f"{self.rate:,.0f}/s")
-        elif now - self.last >= self.every:
+        elif self.enabled and now - self.last >= self.every:
             self.last = now
             of = f"/{self.total:,}" if self.total else ""
             print(

@@ -102,18 +102,16 @@ async def seed(
                 f"cannot write the data files to {out_dir}: {exc.strerror}"
             ) from exc
     items = list(emails.items())
-    with Reporter("seed → Redis", len(items) + len(whitelist)) as reporter:
+    with Reporter("seed → Redis", len(items) + len(whitelist), enabled=progress) as reporter:
         await client.delete(f"{prefix}whitelist")
         for i in range(0, len(items), CHUNK):
             chunk = items[i : i + CHUNK]
             await client.mset({f"{prefix}email:{a}": e for a, e in chunk})
-            if progress:
-                reporter.advance(len(chunk))
+            reporter.advance(len(chunk))
         pipe = client.pipeline(transaction=False)
         for i in range(0, len(whitelist), CHUNK):
             pipe.sadd(f"{prefix}whitelist", *whitelist[i : i + CHUNK])
         pipe.set(f"{prefix}metrobus:seed:last_account", last)
         await pipe.execute()
-        if progress:
-            reporter.advance(len(whitelist))
+        reporter.advance(len(whitelist))
     return SeedResult(accounts, len(emails), len(whitelist), last)

@@ -241,7 +241,11 @@ async def read_stats(
         "pipeline": {
             "pushed": pushed,
             **totals,
-            "in_flight": pushed - sum(totals.values()),
+            # Each process flushes on its own clock, so a stop's counts can run
+            # up to a second ahead of its upstream's: "ahead" is that skew (or,
+            # after a crash, replayed duplicates); in flight never goes negative.
+            "in_flight": max(pushed - sum(totals.values()), 0),
+            "ahead": max(sum(totals.values()) - pushed, 0),
             "e2e_latency_ms": percentiles(_hist(e2e)),
         },
         "dead_letters": [orjson.loads(d) for d in dead],

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from metrobus.settings import Settings, StopConfig, load_settings
+from tests.helpers import Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tansu holds each group join for half the session timeout; Apache Kafka's minimum is 6 s.
@@ -66,3 +67,11 @@ async def redis_client(services: dict[str, str]) -> AsyncIterator[aioredis.Redis
     client = aioredis.from_url(services["redis_url"], decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def procs(tmp_path: Path, namespace: str) -> Iterator[Processes]:
+    """`metrobus` subprocesses of one test; SIGTERMed at the end."""
+    p = Processes(tmp_path, namespace)
+    yield p
+    p.terminate()

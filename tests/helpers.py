@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -15,6 +20,8 @@ from metrobus.host import async_run
 from metrobus.runner import StopRunner
 from metrobus.settings import Settings, route_order
 from metrobus.stats import read_stats
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
@@ -110,3 +117,73 @@ def assert_balanced(doc: dict[str, Any], duplicates_possible: bool = False) -> N
         assert outcomes >= p["pushed"], p
     else:
         assert outcomes == p["pushed"], p
+
+
+class Processes:
+    """`metrobus` subprocesses of one test, all in its namespace; stopped like a user would."""
+
+    def __init__(self, tmp: Path, namespace: str) -> None:
+        self.tmp, self.namespace = tmp, namespace
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def argv(self, *args: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "metrobus",
+            *args,
+            "--namespace",
+            self.namespace,
+            "--config",
+            str(ROOT / "metrobus.toml"),
+        ]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*args), capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        out = open(self.tmp / f"{name}.out", "wb")  # noqa: SIM115 - closed with the process
+        err = open(self.tmp / f"{name}.err", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(self.argv("run", *args), stdout=out, stderr=err)
+        self.procs[name] = proc
+        return proc
+
+    def terminate(self, timeout: float = 10) -> dict[str, tuple[int | None, float]]:
+        """SIGTERM each process; (exit code, seconds it took) per name."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        started, result = time.monotonic(), {}
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(timeout - (time.monotonic() - started), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            result[name] = (proc.returncode, time.monotonic() - started)
+        return result
+
+    def stderr(self, name: str) -> str:
+        return (self.tmp / f"{name}.err").read_text(errors="replace")[-3000:]
+
+
+async def expected_outcomes(settings: Settings, client: aioredis.Redis, n: int) -> dict[str, int]:
+    """What the pipeline must do with the pushed messages, worked out from the seeded data."""
+    pushed = [orjson.loads(r.value) for r in await read_topic(settings, "Source", n)]
+    assert len(pushed) == n
+    ns = settings.redis_key("")
+    outcome = {"AddEmail": 0, "WhiteList": 0, "delivered": 0}
+    altabc = [m for m in pushed if m["message_type_code"] == "ALTABC"]
+    emails = await client.mget([f"{ns}email:{m['account_number']}" for m in altabc])
+    listed = await client.smismember(f"{ns}whitelist", [e or "" for e in emails])
+    for email, member in zip(emails, listed, strict=True):
+        if email is None:
+            outcome["AddEmail"] += 1
+        elif not member:
+            outcome["WhiteList"] += 1
+        else:
+            outcome["delivered"] += 1
+    outcome["delivered"] += n - len(altabc)
+    return outcome

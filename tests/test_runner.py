@@ -188,3 +188,35 @@ async def test_offsets_are_committed_only_after_every_output_is_acknowledged(
         runner.stopping.set()
         await task
         await runner.close()
+
+
+async def test_http_endpoint_serves_stats_health_and_dashboard(
+    settings: Settings, redis_client: aioredis.Redis
+) -> None:
+    import aiohttp
+
+    from metrobus.devstack import free_port
+
+    port = free_port()
+    async with running(settings, "Log", http_port=port):
+        await produce(settings, "Log", [(b"k", envelope({"n": 1}, ["Log"]))])
+
+        async def delivered() -> bool:
+            return (await stats(redis_client, settings))["pipeline"]["delivered"] == 1
+
+        await wait_until(delivered, 60, "one delivery")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                health = await r.json()
+                assert r.status == 200
+            async with http.get(f"http://127.0.0.1:{port}/stats") as r:
+                doc = await r.json()
+            async with http.get(f"http://127.0.0.1:{port}/") as r:
+                page = await r.text()
+                assert r.content_type == "text/html"
+    assert health["status"] == "ok"
+    assert health["redis"] == "ok"
+    assert (health["stop"], health["consuming"], health["processed"]) == ("Log", True, 1)
+    assert doc["stops"]["Log"]["delivered"] == 1
+    assert doc["route_order"] == ["Log"]  # only stops that have run are listed
+    assert 'id="total-pushed"' in page

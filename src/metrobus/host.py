@@ -40,7 +40,9 @@ async def async_run(
     web = None
     try:
         if http_port is not None:
-            app = make_app(runner.redis, settings.redis_key(""), route_order(settings))
+            app = make_app(
+                runner.redis, settings.redis_key(""), route_order(settings), runner.health
+            )
             web = await serve(app, settings.http_host, http_port)
         start = asyncio.ensure_future(runner.start(min_partitions))
         halt = asyncio.ensure_future(runner.stopping.wait())

@@ -96,6 +96,15 @@ class StopRunner:
             s.group(self.stop.name),
         )
 
+    def health(self) -> dict[str, object]:
+        """What ``/healthz`` says about this stop (consuming once it has partitions)."""
+        return {
+            "stop": self.stop.name,
+            "consuming": self.consumer is not None and bool(self.stats.partitions),
+            "partitions": self.stats.partitions,
+            "processed": self.stats.totals["in"],
+        }
+
     async def close(self) -> None:
         """Final flush and commit, then close every client; bounded so SIGTERM exits in 10 s."""
         try:

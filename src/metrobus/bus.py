@@ -51,7 +51,7 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_records,
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=10,  # Tansu holds every fetch this long: it is per-hop latency
         max_partition_fetch_bytes=4 * 1024 * 1024,
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=max(session_timeout_ms // 5, 100),

@@ -19,6 +19,7 @@ from typing import Any
 
 from metrobus import bus, outcome
 from metrobus.context import Context, Drop
+from metrobus.drive import run_all
 from metrobus.envelope import Envelope, decode, from_object, is_envelope, now_ms, parse_json_object
 from metrobus.errors import InvalidMessage, TransientError
 from metrobus.outcome import Output
@@ -61,6 +62,7 @@ class StopRunner:
         self.pending: dict[Any, int] = {}  # TopicPartition -> next offset, acked not committed
         self.last_commit = time.monotonic()
         self._commit_lock = asyncio.Lock()
+        self._same_partitions: dict[str | None, bool] = {}
         self.consumer: Any = None
         self.producer: Any = None
 
@@ -167,7 +169,7 @@ class StopRunner:
                 coros.append(
                     self.stop.handler(env.payload, Context(self.stop.name, env, self.store))
                 )
-        results: list[Any] = await asyncio.gather(*coros, return_exceptions=True)
+        results = await run_all(coros)
         for res in results:
             if isinstance(res, (TransientError, *REDIS_DOWN)):
                 raise res
@@ -261,17 +263,22 @@ class StopRunner:
         futures: list[asyncio.Future[Any]] = []
         for o in outputs:
             try:
-                futures.append(await self.producer.send(o.topic, o.value, key=o.key))
+                futures.append(
+                    await self.producer.send(
+                        o.topic, o.value, key=o.key, partition=await self._partition(o)
+                    )
+                )
             except bus.KafkaError as exc:
                 failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
                 failed.set_exception(exc)
                 futures.append(failed)
         if not futures:
             return []
-        acks = asyncio.ensure_future(asyncio.gather(*futures, return_exceptions=True))
-        halt = asyncio.ensure_future(self.stopping.wait())
-        await asyncio.wait([acks, halt], return_when=asyncio.FIRST_COMPLETED)
-        halt.cancel()
+        acks = asyncio.ensure_future(_settle(futures))
+        if not acks.done():
+            halt = asyncio.ensure_future(self.stopping.wait())
+            await asyncio.wait([acks, halt], return_when=asyncio.FIRST_COMPLETED)
+            halt.cancel()
         if not acks.done():  # stopping while Kafka does not answer: leave it uncommitted
             acks.cancel()
             raise TransientError("stopping before the acknowledgements arrived")
@@ -280,6 +287,24 @@ class StopRunner:
             for o, r in zip(outputs, acks.result(), strict=True)
             if isinstance(r, BaseException)
         ]
+
+    async def _partition(self, out: Output) -> int | None:
+        """The input record's partition when the output topic has as many partitions.
+
+        The producer would hash the key to that same partition (the input was
+        partitioned by key the same way): skipping the pure-Python hash is
+        cheaper and keeps per-key order. Otherwise the producer hashes the key.
+        """
+        topic = out.topic
+        if topic not in self._same_partitions:
+            theirs = await self.producer.partitions_for(topic)
+            mine = self.consumer.assignment() and self.consumer.partitions_for_topic(
+                self.input_topic
+            )
+            self._same_partitions[topic] = bool(mine) and len(theirs) == len(mine)
+        if self._same_partitions[topic] and out.record is not None and out.key is not None:
+            return int(out.record.partition)
+        return None
 
     # -- commit -----------------------------------------------------------------
     async def commit(self, final: bool = False) -> None:
@@ -334,3 +359,14 @@ class _Rebalance(bus.ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "stop %s assigned partitions %s", self.runner.stop.name, self.runner.stats.partitions
         )
+
+
+async def _settle(futures: list[asyncio.Future[Any]]) -> list[Any]:
+    """Each future's result or exception, in order (cheaper than gather: most are done)."""
+    results: list[Any] = []
+    for fut in futures:
+        try:
+            results.append(await fut)
+        except Exception as exc:
+            results.append(exc)
+    return results

@@ -219,6 +219,7 @@ def dev(settings: Settings, options: DevOptions) -> dict[str, Any]:
     async def main() -> dict[str, Any]:
         stopping = asyncio.Event()
         host.install_signals(stopping)
+        host.tune_gc()
         return await run_dev(settings, options, stopping)
 
     return asyncio.run(main())

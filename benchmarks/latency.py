@@ -330,7 +330,7 @@ def main(argv: list[str]) -> int:
                     args.duration,
                     args.warmup,
                     args.accounts,
-                    f"lat{r + 1}{variant.replace('+', '')}",
+                    f"lat{r + 1}v{configs.index(variant)}",
                     log_dir,
                     args.timeout,
                 )

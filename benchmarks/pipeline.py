@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
 import subprocess
@@ -75,7 +76,7 @@ class Pipeline:
                     "--",
                     *run_args,
                 ]
-            elif self.variant:
+            elif self.variant and not self.variant.startswith("src:"):
                 argv = [
                     sys.executable,
                     "-m",
@@ -90,8 +91,10 @@ class Pipeline:
             stdout: Any = subprocess.DEVNULL
             if stop == "Log" and self.sink is not None:
                 self._sink_file = stdout = self.sink.open("wb")
+            # src:PATH runs the metrobus package in PATH (an A/B of two source trees)
+            env = {"PYTHONPATH": self.variant[4:]} if self.variant.startswith("src:") else None
             self.children[stop] = Child(
-                f"{self.namespace}-{stop}", argv, stdout=stdout, log_dir=self.log_dir
+                f"{self.namespace}-{stop}", argv, env=env, stdout=stdout, log_dir=self.log_dir
             )
 
     def check_alive(self) -> None:
@@ -231,8 +234,7 @@ async def run_round(
     t10, t90 = common.crossing(series, 0.1 * n), common.crossing(series, 0.9 * n)
     drained = common.crossing(series, n)
     rates = [
-        (b["outcomes"] - a["outcomes"]) / (b["t"] - a["t"])
-        for a, b in zip(samples, samples[1:], strict=False)
+        (b["outcomes"] - a["outcomes"]) / (b["t"] - a["t"]) for a, b in itertools.pairwise(samples)
     ]
     result.update(
         {
@@ -340,7 +342,7 @@ def main(argv: list[str]) -> int:
                 run_round(
                     args.count,
                     args.accounts,
-                    f"pipe{r + 1}{variant.replace('+', '')}",
+                    f"pipe{r + 1}v{configs.index(variant)}",
                     log_dir,
                     log_dir if profiled else None,
                     args.sample,

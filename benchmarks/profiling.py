@@ -68,6 +68,7 @@ RULES: list[Rule] = [
     ("metrobus: commit", _in("metrobus/runner.py", "commit")),
     ("metrobus: produce/_send loop", _in("metrobus/runner.py", "produce", "_send")),
     ("metrobus: outcome objects", _in("metrobus/outcome.py")),
+    ("metrobus: drive (stepping handler coroutines)", _in("metrobus/drive.py")),
     ("metrobus: batch loop (process, handle_batch, run)", _in("metrobus/runner.py")),
     ("hand-written loop", _in("benchmarks/handwritten.py")),
     ("asyncio: gather / task creation", _in("asyncio/tasks.py", "gather", "_ensure_future")),

@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -149,9 +150,11 @@ async def run_metrobus(
     if variant:
         from benchmarks import variants
 
-        variants.apply(variants.expand(variant))
+        if not variant.startswith("src:"):  # src:PATH = another source tree, via PYTHONPATH
+            variants.apply(variants.expand(variant))
         group = Settings.group  # a consumer group of its own, on the same topic
-        Settings.group = lambda self, name: f"{group(self, name)}.{variant}"  # type: ignore[method-assign]
+        suffix = re.sub(r"[^A-Za-z0-9._-]", "_", variant)
+        Settings.group = lambda self, name: f"{group(self, name)}.{suffix}"  # type: ignore[method-assign]
     handle_batch = StopRunner.handle_batch
 
     async def timed(self: StopRunner, records: list[Any]) -> None:
@@ -164,13 +167,16 @@ async def run_metrobus(
             stopping.set()
 
     StopRunner.handle_batch = timed  # type: ignore[method-assign]
-    host.tune_gc()  # what `metrobus run` does before it hosts a stop
+    tune_gc = getattr(host, "tune_gc", None)  # absent in older trees (src:PATH contenders)
+    if tune_gc is not None:
+        tune_gc()  # what `metrobus run` does before it hosts a stop
     runner = await host.async_run(settings, stop, stopping=stopping)
     doc = window.result()
     totals = runner.stats.totals
     doc.update(forwarded=totals["out"], dropped=totals["dropped"], errors=totals["errors"])
     doc["hosted_by"] = (
-        f"metrobus.host.tune_gc(); metrobus.host.async_run(settings, {stop!r}, stopping=event)"
+        f"{'metrobus.host.tune_gc(); ' if tune_gc else ''}"
+        f"metrobus.host.async_run(settings, {stop!r}, stopping=event)"
     )
     return doc
 
@@ -215,6 +221,17 @@ def worker_main(argv: list[str]) -> int:
     return 0
 
 
+def variant_env(impl: str) -> dict[str, str]:
+    """``metrobus:src:PATH`` runs the metrobus package found in PATH (an A/B of two trees)."""
+    env = dict(os.environ)
+    spec = impl.partition(":")[2]
+    if spec.startswith("src:"):
+        env["PYTHONPATH"] = spec[4:] + (
+            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
+        )
+    return env
+
+
 def run_worker(
     impl: str, kind: str, ns: str, n: int, profile: bool, timeout: float, log_dir: Path
 ) -> dict[str, Any]:
@@ -230,12 +247,13 @@ def run_worker(
     ]
     if profile:
         argv.append("--profile")
-    log = log_dir / f"{ns}-{impl.replace(':', '-')}.log"
+    log = log_dir / f"{ns}-{re.sub(r'[^A-Za-z0-9._-]', '_', impl)}.log"
     load_before = common.load_avg()
     with log.open("wb") as err:
         try:
             proc = subprocess.run(
                 argv,
+                env=variant_env(impl),
                 cwd=common.ROOT,
                 stdout=subprocess.PIPE,
                 stderr=err,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import shutil
 import socket
@@ -34,7 +33,7 @@ from metrobus.devstack import (
     ServiceError,
     tansu_available,
 )
-from metrobus.http import PortInUse, make_app, serve
+from metrobus.http import listen_error, make_app, serve
 from metrobus.report import stats_table
 from metrobus.seed import seed
 from metrobus.settings import Settings, StopConfig, route_order
@@ -61,12 +60,7 @@ def check_port(host_name: str, port: int) -> None:
         try:
             s.bind((host_name, port))
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"port {port} on {host_name} is already in use "
-                    "(choose another with --http-port)"
-                ) from exc
-            raise
+            raise listen_error(exc, host_name, port) from exc
 
 
 @contextlib.asynccontextmanager
@@ -156,7 +150,7 @@ async def run_dev(
                 soft_wrap=True,
             )
             try:
-                await _run_all(settings, options, stopping, console)
+                await _run_all(client, settings, options, stopping, console)
                 return await read_stats(client, settings.redis_key(""), route_order(settings))
             finally:
                 await web.cleanup()
@@ -167,7 +161,7 @@ async def run_dev(
 
 
 async def _run_all(
-    settings: Settings, options: DevOptions, stopping: asyncio.Event, console: Console
+    client: Any, settings: Settings, options: DevOptions, stopping: asyncio.Event, console: Console
 ) -> None:
     halt_stops = asyncio.Event()  # stops outlive the load generator by a drain period
     stops = [
@@ -188,7 +182,7 @@ async def _run_all(
         stopping.set()
         result = await pusher
         console.print(f"load: sent {result.sent:,} ({result.rate:,.0f}/s); draining …")
-        await _drain(settings, result.sent, 10.0)
+        await _drain(client, settings, result.sent, 10.0)
     finally:
         stopping.set()
         halt_stops.set()
@@ -199,18 +193,14 @@ async def _run_all(
             raise errors[0]
 
 
-async def _drain(settings: Settings, sent: int, timeout: float) -> None:
+async def _drain(client: Any, settings: Settings, sent: int, timeout: float) -> None:
     """Wait (bounded) until every message sent has an outcome."""
-    client = connect(settings.redis_url)
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            doc = await read_stats(client, settings.redis_key(""), route_order(settings))
-            if doc["pipeline"]["pushed"] >= sent and doc["pipeline"]["in_flight"] <= 0:
-                return
-            await asyncio.sleep(0.5)
-    finally:
-        await client.aclose()
+    while time.monotonic() < deadline:
+        doc = await read_stats(client, settings.redis_key(""), route_order(settings))
+        if doc["pipeline"]["pushed"] >= sent and doc["pipeline"]["in_flight"] <= 0:
+            return
+        await asyncio.sleep(0.5)
 
 
 def dev(settings: Settings, options: DevOptions) -> dict[str, Any]:

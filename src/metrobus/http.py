@@ -26,6 +26,15 @@ class PortInUse(MetrobusError):
     exit_code = 2
 
 
+def listen_error(exc: OSError, host: str, port: int) -> MetrobusError:
+    """The one-line error for a port we cannot listen on."""
+    if exc.errno == errno.EADDRINUSE:
+        return PortInUse(
+            f"port {port} on {host} is already in use (choose another with --http-port)"
+        )
+    return MetrobusError(f"cannot listen on {host}:{port}: {exc.strerror}")
+
+
 def make_app(
     client: aioredis.Redis,
     prefix: str,
@@ -74,10 +83,6 @@ async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         await runner.cleanup()
-        if exc.errno == errno.EADDRINUSE:
-            raise PortInUse(
-                f"port {port} on {host} is already in use (choose another with --http-port)"
-            ) from exc
-        raise MetrobusError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+        raise listen_error(exc, host, port) from exc
     log.info("stats on http://%s:%d/stats", host, port)
     return runner

@@ -261,11 +261,14 @@ class StopRunner:
     async def _send(self, outputs: list[Output]) -> list[tuple[Output, BaseException]]:
         """Send ``outputs`` in order; the failed ones with their errors, once all are settled."""
         futures: list[asyncio.Future[Any]] = []
+        for topic in {o.topic for o in outputs} - self._same_partitions.keys():
+            await self._learn_partitions(topic)
         for o in outputs:
+            same = self._same_partitions[o.topic] and o.key is not None
             try:
                 futures.append(
                     await self.producer.send(
-                        o.topic, o.value, key=o.key, partition=await self._partition(o)
+                        o.topic, o.value, key=o.key, partition=o.record.partition if same else None
                     )
                 )
             except bus.KafkaError as exc:
@@ -288,23 +291,16 @@ class StopRunner:
             if isinstance(r, BaseException)
         ]
 
-    async def _partition(self, out: Output) -> int | None:
-        """The input record's partition when the output topic has as many partitions.
+    async def _learn_partitions(self, topic: str | None) -> None:
+        """Whether ``topic`` has as many partitions as the input (asked once per topic).
 
-        The producer would hash the key to that same partition (the input was
-        partitioned by key the same way): skipping the pure-Python hash is
-        cheaper and keeps per-key order. Otherwise the producer hashes the key.
+        Then a record goes to its input record's partition: the producer would
+        hash the key to that same partition (the input was partitioned by key
+        the same way), so skipping the pure-Python hash keeps per-key order.
         """
-        topic = out.topic
-        if topic not in self._same_partitions:
-            theirs = await self.producer.partitions_for(topic)
-            mine = self.consumer.assignment() and self.consumer.partitions_for_topic(
-                self.input_topic
-            )
-            self._same_partitions[topic] = bool(mine) and len(theirs) == len(mine)
-        if self._same_partitions[topic] and out.record is not None and out.key is not None:
-            return int(out.record.partition)
-        return None
+        theirs = await self.producer.partitions_for(topic)
+        mine = self.consumer.assignment() and self.consumer.partitions_for_topic(self.input_topic)
+        self._same_partitions[topic] = bool(mine) and len(theirs) == len(mine)
 
     # -- commit -----------------------------------------------------------------
     async def commit(self, final: bool = False) -> None:
